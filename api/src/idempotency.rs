@@ -1,0 +1,219 @@
+//! The idempotency layer of the request path: the key header, `Prefer:
+//! wait`, recording the operation, and the answer (new, replayed, waited).
+use std::time::Duration;
+
+use axum::{
+    body::Bytes,
+    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use idemq_core::{
+    fingerprint::Fingerprint,
+    idempotency::{self, NewOperation, NextAction},
+    key::IdempotencyKey,
+    operation::{Operation, OperationKind},
+    principal::Principal,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+
+use crate::{error::ApiError, waiters::MAX_WAIT, AppState};
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub const PREFER: HeaderName = HeaderName::from_static("prefer");
+pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// The key header: `Ok(None)` when absent.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(v) => IdempotencyKey::parse(v.as_bytes())
+            .map(Some)
+            .map_err(ApiError::KeyInvalid),
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240) in seconds; N over 30 is treated as 30.
+pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(PREFER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|pref| {
+            let (name, value) = pref.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .next()
+        .map(|secs| Duration::from_secs(secs).min(MAX_WAIT))
+}
+
+/// Parses the (already size-limited) body as `T`; an absent body is `{}`.
+/// Returns the validated value and its JSON for the fingerprint and the job.
+pub fn parse_body<T: DeserializeOwned + serde::Serialize>(body: &Bytes) -> Result<(T, Value), ApiError> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(format!("not valid JSON: {e}")))?
+    };
+    let parsed: T = serde_json::from_value(value).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    // The normalised body (defaults applied, nothing unknown) is what is kept.
+    let normalised = serde_json::to_value(&parsed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((parsed, normalised))
+}
+
+/// A mutating request after authentication, ready to be recorded.
+pub struct Submission<'a> {
+    pub kind: OperationKind,
+    pub method: &'static str,
+    /// The route template, e.g. `/invoices/{id}/mark-paid`.
+    pub route: &'static str,
+    pub params: &'a [(&'static str, &'a str)],
+}
+
+/// Steps 3–7: key, body, fingerprint, record + enqueue, answer.
+pub async fn submit<T: DeserializeOwned + serde::Serialize>(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    submission: Submission<'_>,
+    body: &Bytes,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<Response, ApiError> {
+    let key = match idempotency_key(headers)? {
+        Some(k) => k,
+        None if !state.require_idempotency_key => {
+            let k = IdempotencyKey::generated();
+            tracing::info!(key = %k, "no Idempotency-Key and the requirement is off: generated one");
+            k
+        }
+        None => return Err(ApiError::KeyMissing),
+    };
+    let (parsed, body_value) = parse_body::<T>(body)?;
+    validate(&parsed).map_err(ApiError::InvalidBody)?;
+    let fingerprint = Fingerprint::compute(
+        submission.method,
+        submission.route,
+        submission.params,
+        &body_value,
+    );
+    let params: Map<String, Value> = submission
+        .params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    let request = json!({ "params": params, "body": body_value });
+    let next = idempotency::begin(
+        &state.pool,
+        NewOperation {
+            principal,
+            key: &key,
+            fingerprint,
+            kind: submission.kind,
+            request: &request,
+        },
+    )
+    .await?;
+    let wait = prefer_wait(headers);
+    match next {
+        NextAction::Started(op) => {
+            tracing::Span::current().record("operation", op.id.to_string());
+            tracing::info!(operation = %op.id, kind = op.kind.as_str(), "operation accepted");
+            answer(state, principal, op, false, wait).await
+        }
+        NextAction::Existing(op) => {
+            tracing::Span::current().record("operation", op.id.to_string());
+            tracing::info!(operation = %op.id, status = op.status.as_str(), "IDEMPOTENT replay");
+            answer(state, principal, op, true, wait).await
+        }
+        NextAction::KeyReused(op) => {
+            tracing::info!(operation = %op.id, "key reused with a different fingerprint");
+            Err(ApiError::KeyReused)
+        }
+    }
+}
+
+/// The answer for an operation: its final response if finished (the
+/// stored bytes), else 202 with the operation. `replayed` adds
+/// `Idempotent-Replayed: true`; `wait` holds the answer for completion.
+pub async fn answer(
+    state: &AppState,
+    principal: &Principal,
+    op: Operation,
+    replayed: bool,
+    wait: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let op = match wait {
+        Some(w) if !op.status.is_final() => state
+            .waiters
+            .wait_for(&state.pool, principal, op.id, w)
+            .await?
+            .unwrap_or(op),
+        _ => op,
+    };
+    let mut response = match &op.response {
+        Some(stored) => (
+            StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, header_value(&stored.content_type))],
+            stored.body.clone(),
+        )
+            .into_response(),
+        None => {
+            let mut r = json_response(StatusCode::ACCEPTED, op.view_json()?);
+            r.headers_mut()
+                .insert(header::LOCATION, header_value(&op.location()));
+            r
+        }
+    };
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    if let Some(w) = wait {
+        response
+            .headers_mut()
+            .insert(PREFERENCE_APPLIED, header_value(&format!("wait={}", w.as_secs())));
+    }
+    Ok(response)
+}
+
+pub fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(prefer: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(PREFER, HeaderValue::from_str(prefer).unwrap());
+        h
+    }
+
+    #[test]
+    fn prefer_wait_is_parsed_and_capped() {
+        assert_eq!(prefer_wait(&headers("wait=5")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            prefer_wait(&headers("respond-async, wait=10")),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(prefer_wait(&headers("wait=600")), Some(MAX_WAIT));
+        assert_eq!(prefer_wait(&headers("return=minimal")), None);
+        assert_eq!(prefer_wait(&HeaderMap::new()), None);
+    }
+}

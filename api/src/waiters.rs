@@ -1,0 +1,153 @@
+//! `Prefer: wait`: requests waiting for their operation to finish. One
+//! LISTEN connection per process receives every completion (sent by the job's
+//! transaction at commit) and wakes only the requests waiting for that id:
+//! no polling of the database per waiting request.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use idemq_core::{
+    idempotency::{self, FINISHED_CHANNEL},
+    operation::{Operation, OperationId},
+    principal::Principal,
+};
+use sqlx::{postgres::PgListener, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// The longest wait honoured; a larger `wait=N` is treated as this.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone)]
+pub struct Waiters {
+    waiting: Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>>,
+}
+
+impl Waiters {
+    /// Starts the listener task; it reconnects by itself and, after a gap in
+    /// which notices may have been lost, wakes every waiter to look again.
+    pub fn spawn_listener(&self, pool: PgPool) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen(FINISHED_CHANNEL).await {
+                            tracing::warn!(error = %e, "cannot LISTEN for finished operations");
+                        } else {
+                            me.wake_all();
+                            loop {
+                                match listener.try_recv().await {
+                                    Ok(Some(n)) => {
+                                        if let Ok(id) = n.payload().parse::<Uuid>() {
+                                            me.wake(id);
+                                        }
+                                    }
+                                    // Connection lost (sqlx reconnects on the next call).
+                                    Ok(None) => me.wake_all(),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "completion listener failed");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot connect the completion listener"),
+                }
+                me.wake_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    fn wake(&self, id: Uuid) {
+        let senders = self.waiting.lock().ok().and_then(|mut w| w.remove(&id));
+        for s in senders.into_iter().flatten() {
+            let _ = s.send(());
+        }
+    }
+
+    fn wake_all(&self) {
+        let all = self
+            .waiting
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        for s in all.into_values().flatten() {
+            let _ = s.send(());
+        }
+    }
+
+    fn register(&self, id: Uuid) -> Registration<'_> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.entry(id).or_default().push(tx);
+        }
+        Registration {
+            waiters: self,
+            id,
+            rx: Some(rx),
+        }
+    }
+
+    fn forget_closed(&self, id: Uuid) {
+        if let Ok(mut w) = self.waiting.lock() {
+            if let Some(list) = w.get_mut(&id) {
+                list.retain(|s| !s.is_closed());
+                if list.is_empty() {
+                    w.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Waits until the operation is final or `wait` has passed, then returns
+    /// its current state (None: it no longer exists).
+    pub async fn wait_for(
+        &self,
+        pool: &PgPool,
+        principal: &Principal,
+        op: OperationId,
+        wait: Duration,
+    ) -> Result<Option<Operation>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            // Register before reading, so a completion between the read and
+            // the wait is not missed.
+            let mut reg = self.register(op.uuid());
+            let current = idempotency::find(pool, principal, op).await?;
+            match current {
+                Some(o) if !o.status.is_final() => {}
+                other => return Ok(other),
+            }
+            let rx = reg.rx.as_mut().map(|rx| tokio::time::timeout_at(deadline, rx));
+            match rx {
+                Some(fut) => {
+                    if fut.await.is_err() {
+                        drop(reg);
+                        return Ok(idempotency::find(pool, principal, op).await?);
+                    }
+                }
+                None => return Ok(idempotency::find(pool, principal, op).await?),
+            }
+        }
+    }
+}
+
+struct Registration<'a> {
+    waiters: &'a Waiters,
+    id: Uuid,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.rx.take();
+        self.waiters.forget_closed(self.id);
+    }
+}

@@ -1,0 +1,180 @@
+//! `PATCH /applications/{id}/approve|reject`: optimistic, one conditional
+//! `UPDATE … WHERE status = 'PENDING' AND version = $v`; approval creates the
+//! contract in the same transaction.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgConnection, PgExecutor};
+
+use super::{audit, Actor, Outcome};
+use crate::{problem::Problem, Error};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Approve {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reject {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Application {
+    pub id: String,
+    pub applicant: String,
+    pub room: String,
+    pub status: String,
+    pub version: i32,
+    pub note: Option<String>,
+    pub reason: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Contract {
+    pub id: String,
+    pub application_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+const APPLICATION_COLUMNS: &str = "id, applicant, room, status, version, note, reason, decided_at";
+
+enum Decision<'a> {
+    Approve(&'a Approve),
+    Reject(&'a Reject),
+}
+
+pub async fn approve(
+    conn: &mut PgConnection,
+    actor: Actor,
+    id: &str,
+    req: &Approve,
+) -> Result<Outcome, Error> {
+    decide(conn, actor, id, Decision::Approve(req)).await
+}
+
+pub async fn reject(conn: &mut PgConnection, actor: Actor, id: &str, req: &Reject) -> Result<Outcome, Error> {
+    decide(conn, actor, id, Decision::Reject(req)).await
+}
+
+fn not_pending(id: &str, status: &str) -> Outcome {
+    Outcome::refused(
+        Problem::new("application-not-pending", "Application is no longer pending", 409)
+            .detail(format!("Application {id} is {status}.")),
+    )
+}
+
+async fn decide(
+    conn: &mut PgConnection,
+    actor: Actor,
+    id: &str,
+    decision: Decision<'_>,
+) -> Result<Outcome, Error> {
+    let current: Option<(String, i32)> =
+        sqlx::query_as("SELECT status, version FROM applications WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((status, version)) = current else {
+        return Ok(Outcome::refused(
+            Problem::new("application-not-found", "Application not found", 404)
+                .detail(format!("There is no application {id}.")),
+        ));
+    };
+    if status != "PENDING" {
+        return Ok(not_pending(id, &status));
+    }
+    let (new_status, note, reason) = match &decision {
+        Decision::Approve(a) => ("APPROVED", a.note.as_deref(), None),
+        Decision::Reject(r) => ("REJECTED", None, Some(r.reason.as_str())),
+    };
+    // A concurrent decision on the same version makes this match no row.
+    let updated: Option<Application> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE applications SET status = $3, version = version + 1, note = coalesce($4, note),
+                reason = coalesce($5, reason), decided_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'PENDING' AND version = $2
+         RETURNING {APPLICATION_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(version)
+    .bind(new_status)
+    .bind(note)
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(application) = updated else {
+        let now: Option<String> = sqlx::query_scalar("SELECT status FROM applications WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Ok(not_pending(id, now.as_deref().unwrap_or("gone")));
+    };
+    match decision {
+        Decision::Approve(_) => {
+            let contract: Contract = sqlx::query_as(
+                "INSERT INTO contracts (id, application_id) VALUES ($1, $2)
+                 RETURNING id, application_id, created_at",
+            )
+            .bind(format!("ctr_{}", uuid::Uuid::now_v7().simple()))
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+            audit(
+                conn,
+                actor,
+                "application.approve",
+                "application",
+                id,
+                json!({ "contractId": contract.id, "version": application.version }),
+            )
+            .await?;
+            Outcome::success(200, &json!({ "application": application, "contract": contract }))
+        }
+        Decision::Reject(_) => {
+            audit(
+                conn,
+                actor,
+                "application.reject",
+                "application",
+                id,
+                json!({ "version": application.version }),
+            )
+            .await?;
+            Outcome::success(200, &json!({ "application": application }))
+        }
+    }
+}
+
+/// Read model for `GET /applications/{id}`, with its contract if approved.
+pub async fn find(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<(Application, Option<Contract>)>, Error> {
+    let app: Option<Application> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(app) = app else { return Ok(None) };
+    let contract = find_contract_of(&mut *conn, id).await?;
+    Ok(Some((app, contract)))
+}
+
+async fn find_contract_of<'e>(
+    db: impl PgExecutor<'e>,
+    application_id: &str,
+) -> Result<Option<Contract>, Error> {
+    Ok(
+        sqlx::query_as("SELECT id, application_id, created_at FROM contracts WHERE application_id = $1")
+            .bind(application_id)
+            .fetch_optional(db)
+            .await?,
+    )
+}

@@ -1,0 +1,84 @@
+//! `PATCH /invoices/{id}/mark-paid`: UNPAID → PAID under `SELECT … FOR UPDATE`.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgConnection, PgExecutor};
+
+use super::{audit, Actor, Outcome};
+use crate::{problem::Problem, Error};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MarkPaid {
+    pub payment_method: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Invoice {
+    pub id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub status: String,
+    pub payment_method: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+const INVOICE_COLUMNS: &str = "id, amount_cents, currency, status, payment_method, paid_at";
+
+pub async fn mark_paid(
+    conn: &mut PgConnection,
+    actor: Actor,
+    invoice_id: &str,
+    req: &MarkPaid,
+) -> Result<Outcome, Error> {
+    let invoice: Option<Invoice> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(invoice_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(invoice) = invoice else {
+        return Ok(Outcome::refused(
+            Problem::new("invoice-not-found", "Invoice not found", 404)
+                .detail(format!("There is no invoice {invoice_id}.")),
+        ));
+    };
+    if invoice.status == "PAID" {
+        return Ok(Outcome::refused(
+            Problem::new("invoice-already-paid", "Invoice already paid", 409).detail(format!(
+                "Invoice {invoice_id} was already paid by another request."
+            )),
+        ));
+    }
+    let paid: Invoice = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE invoices SET status = 'PAID', payment_method = $2, paid_at = now(),
+                paid_by_operation = $3, updated_at = now()
+         WHERE id = $1 RETURNING {INVOICE_COLUMNS}"
+    )))
+    .bind(invoice_id)
+    .bind(&req.payment_method)
+    .bind(actor.operation.uuid())
+    .fetch_one(&mut *conn)
+    .await?;
+    audit(
+        conn,
+        actor,
+        "invoice.mark_paid",
+        "invoice",
+        invoice_id,
+        json!({ "paymentMethod": req.payment_method, "amountCents": paid.amount_cents }),
+    )
+    .await?;
+    Outcome::success(200, &json!({ "invoice": paid }))
+}
+
+/// Read model for `GET /invoices/{id}`.
+pub async fn find<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<Invoice>, Error> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}

@@ -1,0 +1,120 @@
+//! The idempotency record store: record the request and enqueue its job in
+//! one transaction, or find what an earlier request with the key started.
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::{
+    fingerprint::Fingerprint,
+    key::IdempotencyKey,
+    operation::{Operation, OperationId, OperationKind, COLUMNS},
+    principal::Principal,
+    queue, Error,
+};
+
+/// What the request path does next.
+#[derive(Debug)]
+pub enum NextAction {
+    /// A new operation was recorded and its job enqueued.
+    Started(Operation),
+    /// The key was used before with the same request: answer with this one.
+    Existing(Operation),
+    /// The key was used before with a different request: 422.
+    KeyReused(Operation),
+}
+
+/// What a new operation needs.
+pub struct NewOperation<'a> {
+    pub principal: &'a Principal,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    pub kind: OperationKind,
+    /// Path parameters and validated body, for the job.
+    pub request: &'a Value,
+}
+
+/// Steps 6 and 7 of the request path: `INSERT … ON CONFLICT DO NOTHING`; if
+/// inserted, push the job in the same transaction; else read the existing
+/// record (a concurrent first request blocks on the unique index until the
+/// winner commits, then reads its row). An expired record counts as absent:
+/// it is replaced in the same transaction.
+pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, Error> {
+    let mut tx = pool.begin().await?;
+    // Two rounds at most: the second follows the removal of an expired record.
+    for _ in 0..2 {
+        let id = OperationId::new();
+        let job_id = queue::new_job_id();
+        let queue_name = new.kind.queue();
+        let inserted: Option<Operation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (principal_id, idempotency_key) DO NOTHING
+             RETURNING {COLUMNS}"
+        )))
+        .bind(id.uuid())
+        .bind(new.principal.id())
+        .bind(new.key.as_str())
+        .bind(&new.fingerprint.as_bytes()[..])
+        .bind(new.kind.as_str())
+        .bind(new.request)
+        .bind(queue_name)
+        .bind(job_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(op) = inserted {
+            queue::push(&mut tx, queue_name, job_id, id).await?;
+            tx.commit().await?;
+            return Ok(NextAction::Started(op));
+        }
+        // Expiry is judged by the database clock, like the DELETE below.
+        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, coalesce(expires_at <= now(), false) AS expired
+             FROM operations WHERE principal_id = $1 AND idempotency_key = $2"
+        )))
+        .bind(new.principal.id())
+        .bind(new.key.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| -> Result<(Operation, bool), sqlx::Error> {
+            use sqlx::{FromRow, Row};
+            Ok((Operation::from_row(&row)?, row.try_get("expired")?))
+        })
+        .transpose()?;
+        match existing {
+            Some((op, false)) => {
+                tx.commit().await?;
+                return Ok(if op.fingerprint == new.fingerprint {
+                    NextAction::Existing(op)
+                } else {
+                    NextAction::KeyReused(op)
+                });
+            }
+            Some((op, true)) => {
+                sqlx::query("DELETE FROM operations WHERE id = $1 AND expires_at <= now()")
+                    .bind(op.id.uuid())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Deleted by cleanup between our insert and select: insert again.
+            None => {}
+        }
+    }
+    Err(Error::Corrupt(format!(
+        "idempotency record for key {} could not be settled",
+        new.key
+    )))
+}
+
+/// An operation of this principal (another principal's id is not found).
+pub async fn find(pool: &PgPool, principal: &Principal, id: OperationId) -> Result<Option<Operation>, Error> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM operations WHERE id = $1 AND principal_id = $2"
+    )))
+    .bind(id.uuid())
+    .bind(principal.id())
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Postgres channel on which a finished operation's id is announced (sent in
+/// the job's transaction, so delivered at commit) for `Prefer: wait`.
+pub const FINISHED_CHANNEL: &str = "idemq_operation_finished";

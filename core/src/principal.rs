@@ -1,0 +1,75 @@
+//! Callers and their bearer tokens. Only a token's SHA-256 is stored.
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Error;
+
+/// An authenticated caller. Constructed only from a token lookup (or a
+/// token creation), so holding one means the caller was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    id: Uuid,
+    name: String,
+}
+
+impl Principal {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// SHA-256 of a presented token: what is stored, and what is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+/// The principal owning an unrevoked token, if any.
+pub async fn authenticate(pool: &PgPool, hash: &TokenHash) -> Result<Option<Principal>, Error> {
+    let row: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT p.id, p.name FROM api_tokens t JOIN principals p ON p.id = t.principal_id
+         WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL",
+    )
+    .bind(&hash.0[..])
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(id, name)| Principal { id, name }))
+}
+
+/// Creates the principal if needed and a new token for it; returns the token
+/// (shown once, never stored).
+pub async fn create_token(pool: &PgPool, name: &str) -> Result<(Principal, String), Error> {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = format!("idq_{}", hex::encode(raw));
+    let mut tx = pool.begin().await?;
+    let (id,): (Uuid,) = sqlx::query_as(
+        "INSERT INTO principals (name) VALUES ($1)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO api_tokens (token_sha256, principal_id) VALUES ($1, $2)")
+        .bind(&TokenHash::of(&token).0[..])
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((
+        Principal {
+            id,
+            name: name.to_owned(),
+        },
+        token,
+    ))
+}

@@ -1,0 +1,53 @@
+//! The apalis Postgres queue: names, the job payload, enqueueing inside the
+//! caller's transaction.
+use apalis::prelude::{TaskBuilder, TaskId};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::{operation::OperationId, Error};
+
+pub const PAYMENTS: &str = "payments";
+pub const APPROVALS: &str = "approvals";
+pub const METER_READINGS: &str = "meter_readings";
+pub const ALL: [&str; 3] = [PAYMENTS, APPROVALS, METER_READINGS];
+
+/// apalis's own attempt bound. Our retries (with backoff) run inside the
+/// handler and are bounded by `IDEMQ_JOB_MAX_ATTEMPTS` in `operations`; this
+/// only stops a job that keeps killing its worker from looping for ever.
+pub const APALIS_MAX_ATTEMPTS: usize = 25;
+
+/// What a job carries: only the operation id. Everything else is read from
+/// the operation row under its lock, so a redelivered job sees the truth.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPayload {
+    pub operation_id: Uuid,
+}
+
+impl JobPayload {
+    pub fn operation_id(&self) -> OperationId {
+        OperationId::from_uuid(self.operation_id)
+    }
+}
+
+/// A fresh task id. apalis requires ULIDs: any other id blocks the queue.
+pub fn new_job_id() -> Ulid {
+    Ulid::generate()
+}
+
+/// Pushes the job on `conn` — the caller's transaction — so the job and the
+/// operation row commit or roll back together (NOTIFY fires at commit).
+pub async fn push(conn: &mut PgConnection, queue: &str, job_id: Ulid, op: OperationId) -> Result<(), Error> {
+    let args = serde_json::to_vec(&JobPayload {
+        operation_id: op.uuid(),
+    })
+    .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let task = TaskBuilder::new(args)
+        .task_id(TaskId::from_ulid(job_id))
+        .max_attempts(APALIS_MAX_ATTEMPTS)
+        .build();
+    apalis_postgres::queries::push_tasks(conn, queue, vec![task]).await?;
+    Ok(())
+}

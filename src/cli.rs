@@ -1,0 +1,193 @@
+//! `idemq` subcommands (DESIGN.md "Command line and configuration").
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use idemq_core::config::{ApiConfig, DatabaseConfig, SharedConfig, WorkerConfig};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "idemq",
+    version,
+    about = "Makes state-changing HTTP requests safe to repeat"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+    #[command(flatten)]
+    pub shared: SharedConfig,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process for local work: a private Postgres (unless
+    /// DATABASE_URL is set), migrations, demo rows, API and workers.
+    Dev {
+        #[command(flatten)]
+        api: ApiConfig,
+        #[command(flatten)]
+        worker: WorkerConfig,
+    },
+    /// The HTTP API.
+    Api {
+        #[command(flatten)]
+        api: ApiConfig,
+    },
+    /// A worker process (run as many as you like).
+    Worker {
+        #[command(flatten)]
+        worker: WorkerConfig,
+    },
+    /// Apply migrations (apalis's and ours) and exit.
+    Migrate,
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Insert demo rows: invoices inv-1…, applications app-1…, contracts ctr-1….
+    Seed {
+        #[arg(long, default_value_t = 10)]
+        invoices: i64,
+        #[arg(long, default_value_t = 3)]
+        applications: i64,
+        #[arg(long, default_value_t = 2)]
+        contracts: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for principal NAME (created if new); prints the token
+    /// alone on the last line. Only its hash is stored.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev { api, worker } => crate::dev::run(cli.db, cli.shared, api, worker).await,
+        Command::Api { api } => {
+            let pool = connect(&cli.db).await?;
+            let shutdown = shutdown_on_signal();
+            run_api(pool, &api, shutdown).await
+        }
+        Command::Worker { worker } => {
+            let pool = connect(&cli.db).await?;
+            let shutdown = shutdown_on_signal();
+            let settings = idemq_worker::WorkerSettings {
+                config: worker,
+                idempotency_ttl: cli.shared.idempotency_ttl,
+            };
+            idemq_worker::run(pool, settings, shutdown).await
+        }
+        Command::Migrate => {
+            let pool = connect(&cli.db).await?;
+            idemq_core::db::migrate(&pool).await.context("migrating")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { name },
+        } => {
+            let pool = connect(&cli.db).await?;
+            let (principal, token) = idemq_core::principal::create_token(&pool, &name).await?;
+            println!(
+                "token for principal {} (shown once, only its hash is stored):",
+                principal.name()
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Command::Seed {
+            invoices,
+            applications,
+            contracts,
+        } => {
+            let pool = connect(&cli.db).await?;
+            let s = idemq_core::seed::seed(&pool, invoices, applications, contracts).await?;
+            println!(
+                "seeded {} invoices, {} applications, {} contracts",
+                s.invoices, s.applications, s.contracts
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let url = db
+        .database_url
+        .as_deref()
+        .context("DATABASE_URL is not set (only `idemq dev` can do without it)")?;
+    connect_url(url, db.db_max_connections).await
+}
+
+pub async fn connect_url(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    idemq_core::db::connect(url, max_connections)
+        .await
+        .with_context(|| format!("connecting to DATABASE_URL ({})", redact(url)))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn run_api(pool: PgPool, api: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(api.api_addr)
+        .await
+        .with_context(|| format!("binding IDEMQ_API_ADDR {}", api.api_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "api listening");
+    println!("api listening on http://{addr}");
+    let state = idemq_api::AppState::new(pool, api);
+    idemq_api::serve(listener, state, shutdown).await?;
+    Ok(())
+}
+
+/// Cancelled on SIGTERM or SIGINT (Ctrl-C). A second signal exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: stopping (a second signal exits at once)");
+        t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Used by `dev` to bound how long it waits for its parts to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);

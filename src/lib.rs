@@ -1,0 +1,6 @@
+//! The `idemq` binary's library: the command line, `idemq dev`, and the
+//! private Postgres cluster (shared with the test harness).
+pub mod cli;
+pub mod dev;
+pub mod pg_cluster;
+pub mod telemetry;

@@ -1,0 +1,72 @@
+//! `idemq dev` as a real process (issue 2).
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
+    let dir = std::env::temp_dir().join(format!("idemq-dev-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(idemq_bin())
+        .arg("dev")
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("idemq dev printed no URL; got {banner:#?}"));
+        if let Some(url) = line.strip_prefix("api listening on ") {
+            break url.to_owned();
+        }
+        banner.push(line);
+    };
+    assert!(
+        banner.iter().any(|l| l.contains("token      idq_")),
+        "{banner:#?}"
+    );
+    assert!(
+        banner.iter().any(|l| l.contains("curl -i -X PATCH")),
+        "{banner:#?}"
+    );
+
+    let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(dir.join(".idemq/pgdata/PG_VERSION").exists());
+
+    // Ctrl-C stops everything, the cluster included.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !dir.join(".idemq/pgdata/postmaster.pid").exists(),
+        "cluster still running"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

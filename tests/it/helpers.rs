@@ -1,0 +1,316 @@
+//! The test harness. With `DATABASE_URL` unset, one private cluster is
+//! started per test run (fsync off: throwaway data) and stopped when the test
+//! binary exits; each test gets its own database cloned from a migrated
+//! template.
+#![allow(dead_code)]
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use idemq::pg_cluster::{ClusterOptions, PgCluster};
+use idemq_core::config::{ApiConfig, WorkerConfig};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio_util::sync::CancellationToken;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Server {
+    /// URL of a database we may connect to for administration.
+    admin_url: String,
+    /// Base URL without the database name.
+    base: String,
+    template: String,
+    _cluster: Option<PgCluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+/// CREATE DATABASE … TEMPLATE must not run while the template is in use.
+static CREATE_DB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        // Runs once, on a thread of its own with its own runtime, because the
+        // calling test's runtime may be single-threaded.
+        std::thread::spawn(start_server)
+            .join()
+            .expect("starting the test Postgres")
+    })
+}
+
+fn start_server() -> Server {
+    let (admin_url, cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let dir = std::env::temp_dir().join(format!("idemq-test-{}", std::process::id()));
+            let cluster = PgCluster::start(ClusterOptions {
+                data_dir: dir,
+                port: 0,
+                fast: true,
+            })
+            .expect("start a throwaway Postgres cluster");
+            cluster
+                .stop_when_process_exits(std::process::id(), true)
+                .expect("watchdog for the test cluster");
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .expect("database url");
+    let template = format!("idemq_template_{}", uuid::Uuid::new_v4().simple());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .expect("connect to test Postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = PgPool::connect(&format!("{base}/{template}")).await.unwrap();
+        idemq_core::db::migrate(&pool)
+            .await
+            .expect("migrate the template database");
+        pool.close().await;
+        admin.close().await;
+    });
+    Server {
+        admin_url,
+        base,
+        template,
+        _cluster: cluster,
+    }
+}
+
+/// A fresh, migrated database of its own.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+pub async fn fresh_db() -> TestDb {
+    let server = server();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    {
+        let _guard = CREATE_DB.lock().await;
+        let admin = PgPool::connect(&server.admin_url).await.unwrap();
+        let sql = format!("CREATE DATABASE {name} TEMPLATE {}", server.template);
+        let started = Instant::now();
+        loop {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&admin)
+                .await
+            {
+                Ok(_) => break,
+                // An autovacuum worker may be visiting the template.
+                Err(e) if started.elapsed() < DEADLINE => {
+                    eprintln!("retrying CREATE DATABASE: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("CREATE DATABASE: {e}"),
+            }
+        }
+        admin.close().await;
+    }
+    let url = format!("{}/{name}", server.base);
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&url)
+        .await
+        .unwrap();
+    TestDb { name, url, pool }
+}
+
+pub fn test_worker_config() -> WorkerConfig {
+    WorkerConfig {
+        worker_concurrency: 4,
+        worker_lease: Duration::from_secs(2),
+        job_max_attempts: 8,
+        job_timeout: Duration::from_secs(10),
+        queue_batch_size: 10,
+        queue_poll_interval: Duration::from_millis(100),
+    }
+}
+
+pub fn test_api_config() -> ApiConfig {
+    ApiConfig {
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        ops_token: Some("ops-secret".into()),
+        require_idempotency_key: true,
+        body_limit_bytes: 16 * 1024,
+    }
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub db: TestDb,
+    pub token: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for (w, _) in &self.workers {
+            w.cancel();
+        }
+    }
+}
+
+/// The API in-process on port 0, on a fresh database, with a token; no worker.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_api_config()).await
+}
+
+pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
+    let db = fresh_db().await;
+    let (_, token) = idemq_core::principal::create_token(&db.pool, "tester")
+        .await
+        .unwrap();
+    let api_pool = idemq_core::db::connect(&db.url, 10).await.unwrap();
+    let state = idemq_api::AppState::new(api_pool, &config);
+    let listener = tokio::net::TcpListener::bind(config.api_addr).await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(idemq_api::serve(listener, state, shutdown.clone()));
+    TestApp {
+        addr,
+        db,
+        token,
+        client: reqwest::Client::new(),
+        shutdown,
+        workers: Vec::new(),
+    }
+}
+
+impl TestApp {
+    /// A worker loop in-process, on its own pool.
+    pub async fn start_worker(&mut self) {
+        self.start_worker_with(test_worker_config()).await
+    }
+
+    pub async fn start_worker_with(&mut self, config: WorkerConfig) {
+        let pool = idemq_core::db::connect(&self.db.url, 10).await.unwrap();
+        let stop = CancellationToken::new();
+        let settings = idemq_worker::WorkerSettings {
+            config,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        };
+        let handle = tokio::spawn(idemq_worker::run(pool, settings, stop.clone()));
+        self.workers.push((stop, handle));
+    }
+
+    /// Stops the in-process workers and waits until they have stopped.
+    pub async fn stop_workers(&mut self) {
+        for (stop, handle) in self.workers.drain(..) {
+            stop.cancel();
+            let _ = tokio::time::timeout(DEADLINE, handle).await;
+        }
+    }
+
+    pub async fn token_for(&self, name: &str) -> String {
+        idemq_core::principal::create_token(&self.db.pool, name)
+            .await
+            .unwrap()
+            .1
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.addr))
+            .bearer_auth(&self.token)
+    }
+
+    /// `PATCH /invoices/{id}/mark-paid` with a key.
+    pub async fn mark_paid(&self, invoice: &str, key: &str) -> Response {
+        self.request(Method::PATCH, &format!("/invoices/{invoice}/mark-paid"))
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "paymentMethod": "card" }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_operation(&self, id: &str) -> Response {
+        self.request(Method::GET, &format!("/operations/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the operation until it is final; panics after the deadline.
+    pub async fn await_final(&self, id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let r = self
+                .request(Method::GET, &format!("/operations/{id}"))
+                .header("Prefer", "wait=5")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let op: Value = r.json().await.unwrap();
+            if op["status"] == "succeeded" || op["status"] == "failed" {
+                return op;
+            }
+            assert!(started.elapsed() < DEADLINE, "operation {id} not final: {op}");
+        }
+    }
+
+    pub async fn insert_invoice(&self, id: &str) {
+        sqlx::query("INSERT INTO invoices (id, amount_cents) VALUES ($1, 5000)")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits until `check` holds, polling, or panics after `DEADLINE`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn assert_problem(r: &Response, status: StatusCode) {
+    assert_eq!(r.status(), status);
+    assert_eq!(
+        r.headers().get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/problem+json")
+    );
+}
+
+pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+/// The `idemq` binary built for these tests.
+pub fn idemq_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_idemq")
+}

@@ -1,0 +1,161 @@
+//! Runs one job: the operation's attempts, each one transaction, each under a
+//! time limit and isolated from panics, retried with exponential backoff and
+//! jitter up to `IDEMQ_JOB_MAX_ATTEMPTS`, then finished `failed` with a
+//! stored 500. Retries happen here, not in apalis: apalis re-fetches a failed
+//! job at once (no backoff), and its `.timeout()`/`.catch_panic()` leave jobs
+//! stuck `Running` (STACK.md).
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{BoxDynError, Data};
+use idemq_core::{
+    job::{self, AttemptResult},
+    operation::OperationId,
+    queue::JobPayload,
+    Error,
+};
+use rand::Rng;
+use sqlx::PgPool;
+use tracing::Instrument;
+
+use crate::WorkerSettings;
+
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct JobRunner {
+    pool: PgPool,
+    ttl: Duration,
+    max_attempts: u32,
+    timeout: Duration,
+}
+
+/// The apalis handler. Returns `Ok` whenever the operation is settled (done,
+/// refused, or finished `failed`), so apalis never re-runs it by itself.
+pub async fn handle_job(job: JobPayload, runner: Data<Arc<JobRunner>>) -> Result<(), BoxDynError> {
+    let op = job.operation_id();
+    let span = tracing::info_span!("job", operation = %op);
+    runner
+        .run(op)
+        .instrument(span)
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// Exponential backoff with full jitter: a random delay up to
+/// `BACKOFF_BASE × 2^(attempt-1)`, capped, so that retries of many jobs that
+/// failed together (a database restart) do not come back together.
+pub fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let ceiling = exp.min(BACKOFF_CAP);
+    let ms = rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+impl JobRunner {
+    pub fn new(pool: PgPool, settings: &WorkerSettings) -> Self {
+        JobRunner {
+            pool,
+            ttl: settings.idempotency_ttl,
+            max_attempts: settings.config.job_max_attempts,
+            timeout: settings.config.job_timeout,
+        }
+    }
+
+    pub async fn run(&self, op: OperationId) -> Result<(), Error> {
+        let mut unreachable = 0u32;
+        loop {
+            let attempt = match job::start_attempt(&self.pool, op).await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    tracing::info!("operation already finished or gone: redelivery, nothing to do");
+                    return Ok(());
+                }
+                // The database is unreachable: no attempt was counted. Wait
+                // and try again; past the bound, hand the job back to apalis.
+                Err(e) => {
+                    unreachable += 1;
+                    if unreachable >= self.max_attempts {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "cannot start attempt; retrying");
+                    tokio::time::sleep(backoff(unreachable)).await;
+                    continue;
+                }
+            };
+            let number = u32::try_from(attempt.number).unwrap_or(u32::MAX);
+            if number > self.max_attempts {
+                return self.give_up(op, attempt.number).await;
+            }
+            let span = tracing::info_span!("attempt", kind = attempt.kind.as_str(), attempt = number);
+            match self.attempt_once(op).instrument(span).await {
+                Ok(result) => {
+                    tracing::info!(?result, kind = attempt.kind.as_str(), "job done");
+                    return Ok(());
+                }
+                Err(AttemptError::Permanent(reason)) => {
+                    tracing::error!(reason, "job cannot succeed; finishing it failed");
+                    return self.give_up(op, attempt.number).await;
+                }
+                Err(AttemptError::Retry(reason)) => {
+                    if number >= self.max_attempts {
+                        tracing::error!(reason, attempt = number, "last attempt failed");
+                        return self.give_up(op, attempt.number).await;
+                    }
+                    let delay = backoff(number);
+                    tracing::warn!(reason, attempt = number, ?delay, "attempt failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt in its own task, so that a panic is an error here rather
+    /// than a dead worker, and under the time limit, so that a hung attempt
+    /// is aborted (its transaction rolls back) rather than stuck.
+    async fn attempt_once(&self, op: OperationId) -> Result<AttemptResult, AttemptError> {
+        let pool = self.pool.clone();
+        let ttl = self.ttl;
+        let task = tokio::spawn(async move { job::run_attempt(&pool, op, ttl).await }.in_current_span());
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.timeout, task).await {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(Error::Corrupt(e)))) => Err(AttemptError::Permanent(e)),
+            Ok(Ok(Err(e))) => Err(AttemptError::Retry(e.to_string())),
+            Ok(Err(join)) if join.is_panic() => Err(AttemptError::Retry(format!("panicked: {join}"))),
+            Ok(Err(join)) => Err(AttemptError::Retry(format!("cancelled: {join}"))),
+            Err(_) => {
+                abort.abort();
+                Err(AttemptError::Retry(format!("timed out after {:?}", self.timeout)))
+            }
+        }
+    }
+
+    async fn give_up(&self, op: OperationId, attempts: i32) -> Result<(), Error> {
+        if job::finish_exhausted(&self.pool, op, attempts, self.ttl).await? {
+            tracing::error!(attempts, "operation finished failed after its last attempt");
+        }
+        Ok(())
+    }
+}
+
+enum AttemptError {
+    Retry(String),
+    Permanent(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 1..=20 {
+            let d = backoff(attempt);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_CAP);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+    }
+}
