@@ -10,11 +10,15 @@ use axum::{
     extract::{Request, State},
     http::header,
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use idemq_core::principal::{self, Principal, TokenHash};
 
-use crate::{error::ApiError, AppState};
+use crate::{
+    error::ApiError,
+    rate_limit::{client_ip, Class, Limits, Subject, Verdict, RATELIMIT},
+    AppState,
+};
 
 /// How long a token stays trusted after a lookup: a revoked token keeps
 /// working at most this long.
@@ -53,25 +57,58 @@ fn bearer(req: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Middleware: resolves the principal or answers 401.
-pub async fn require_principal(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
-    let hash = TokenHash::of(token);
-    let principal = match state.tokens.get(&hash) {
-        Some(p) => p,
+/// Middleware of every authenticated route: resolves the principal (or
+/// 401), then takes one request from its budget (or 429) — all before any
+/// handler touches the database. Adds `RateLimit` to the answer.
+pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let class = Class::of(req.method());
+    let limits = state.limits.as_deref();
+    let token = bearer(&req).map(TokenHash::of);
+    let principal = match token {
+        Some(hash) => match state.tokens.get(&hash) {
+            Some(p) => Some(p),
+            None => {
+                // A token we do not know yet costs a lookup: it is charged to
+                // the client IP first, so guessing tokens is limited.
+                if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
+                    return r;
+                }
+                match principal::authenticate(&state.pool, &hash).await {
+                    Ok(Some(p)) => {
+                        state.tokens.put(hash, p.clone());
+                        Some(p)
+                    }
+                    Ok(None) => None,
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
+            }
+        },
         None => {
-            let p = principal::authenticate(&state.pool, &hash)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
-            state.tokens.put(hash, p.clone());
-            p
+            if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
+                return r;
+            }
+            None
         }
     };
+    let Some(principal) = principal else {
+        return ApiError::Unauthorized.into_response();
+    };
     tracing::Span::current().record("principal", principal.name());
+    let ratelimit = match limits.map(|l| l.check(class, Subject::Principal(principal.id()), principal.name()))
+    {
+        Some(Verdict::Limited(r)) => return r,
+        Some(Verdict::Allowed(h)) => Some(h),
+        None => None,
+    };
     req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    let mut response = next.run(req).await;
+    if let Some(h) = ratelimit {
+        response.headers_mut().insert(RATELIMIT, h);
+    }
+    response
+}
+
+fn ip_check(limits: &Limits, state: &AppState, req: &Request, class: Class) -> Verdict {
+    let ip = client_ip(req, state.trust_proxy);
+    limits.check(class, Subject::Ip(ip), &ip.to_string())
 }

@@ -60,6 +60,10 @@ pub fn parse_body<T: DeserializeOwned + serde::Serialize>(body: &Bytes) -> Resul
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(format!("not valid JSON: {e}")))?
     };
+    // serde reads a struct from an array too (`["card"]`): only an object is a body.
+    if !value.is_object() {
+        return Err(ApiError::InvalidBody("the body must be a JSON object".into()));
+    }
     let parsed: T = serde_json::from_value(value).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     // The normalised body (defaults applied, nothing unknown) is what is kept.
     let normalised = serde_json::to_value(&parsed).map_err(|e| ApiError::Internal(e.to_string()))?;

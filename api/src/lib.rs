@@ -3,6 +3,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod rate_limit;
 pub mod routes;
 pub mod waiters;
 
@@ -30,6 +31,9 @@ pub struct AppState {
     pub waiters: Waiters,
     pub require_idempotency_key: bool,
     pub body_limit_bytes: usize,
+    /// `None` when rate limiting is switched off.
+    pub limits: Option<Arc<rate_limit::Limits>>,
+    pub trust_proxy: bool,
 }
 
 impl AppState {
@@ -43,6 +47,10 @@ impl AppState {
             waiters,
             require_idempotency_key: config.require_idempotency_key,
             body_limit_bytes: config.body_limit_bytes,
+            limits: config
+                .rate_limit_enabled
+                .then(|| rate_limit::Limits::new(config.rate_limit_sensitive, config.rate_limit_read)),
+            trust_proxy: config.trust_proxy,
         }
     }
 }
@@ -58,10 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route(meter_readings::RECORD, post(meter_readings::record))
         .route("/contracts/{id}/meter-readings", get(meter_readings::list))
         .route("/operations/{id}", get(operations::get))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_principal,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

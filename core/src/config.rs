@@ -14,8 +14,62 @@ pub const DEFAULT_JOB_MAX_ATTEMPTS: &str = "8";
 pub const DEFAULT_WORKER_CONCURRENCY: &str = "16";
 pub const DEFAULT_QUEUE_BATCH_SIZE: &str = "50";
 pub const DEFAULT_QUEUE_POLL_INTERVAL: &str = "500ms";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+pub const DEFAULT_DB_LOST_GRACE: &str = "30s";
+pub const DEFAULT_RECONCILE_INTERVAL: &str = "30s";
 pub const DEFAULT_BODY_LIMIT_BYTES: &str = "65536";
 pub const DEFAULT_DB_MAX_CONNECTIONS: &str = "20";
+/// 02:00 UTC every day (seconds first, as the `cron` crate reads it).
+pub const DEFAULT_CLEANUP_SCHEDULE: &str = "0 0 2 * * *";
+pub const DEFAULT_QUEUE_RETENTION: &str = "24h";
+pub const DEFAULT_CLEANUP_BATCH_SIZE: &str = "1000";
+/// Bounds of `IDEMQ_CLEANUP_BATCH_SIZE`: a batch is one short transaction.
+pub const MAX_CLEANUP_BATCH_SIZE: u32 = 10_000;
+pub const DEFAULT_RATE_LIMIT_SENSITIVE: &str = "10/min";
+/// Generous enough that a client polling every 100 ms is never limited.
+pub const DEFAULT_RATE_LIMIT_READ: &str = "1200/min";
+
+/// A rate limit: `count` requests per `per`, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl RateSpec {
+    /// `N/s`, `N/min` or `N/h`; burst N unless `;burst=B` says otherwise.
+    pub fn parse(s: &str) -> Result<RateSpec, String> {
+        const SYNTAX: &str = "expected N/s, N/min or N/h, optionally ;burst=B (e.g. 10/min;burst=20)";
+        let mut parts = s.split(';');
+        let rate = parts.next().unwrap_or_default().trim();
+        let (n, unit) = rate.split_once('/').ok_or(SYNTAX)?;
+        let count: u32 = n.trim().parse().map_err(|_| SYNTAX)?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(SYNTAX.into()),
+        };
+        let mut burst = count;
+        for extra in parts {
+            let (k, v) = extra.split_once('=').ok_or(SYNTAX)?;
+            if k.trim() != "burst" {
+                return Err(SYNTAX.into());
+            }
+            burst = v.trim().parse().map_err(|_| SYNTAX)?;
+        }
+        if count == 0 || burst == 0 {
+            return Err("the count and the burst must be at least 1".into());
+        }
+        Ok(RateSpec { count, per, burst })
+    }
+
+    /// The time one request's worth of budget takes to come back.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
 
 /// The database, shared by every subcommand.
 #[derive(Debug, Clone, Args)]
@@ -58,6 +112,19 @@ pub struct ApiConfig {
     /// `false` accepts mutating requests without a key (the server makes one).
     #[arg(long, env = "IDEMQ_REQUIRE_IDEMPOTENCY_KEY", value_name = "IDEMQ_REQUIRE_IDEMPOTENCY_KEY", default_value = "true", value_parser = parse_bool)]
     pub require_idempotency_key: bool,
+    /// `false` turns rate limiting off.
+    #[arg(long, env = "IDEMQ_RATE_LIMIT_ENABLED", value_name = "IDEMQ_RATE_LIMIT_ENABLED", default_value = "true", value_parser = parse_bool)]
+    pub rate_limit_enabled: bool,
+    /// Budget of mutating requests per principal: `N/s`, `N/min` or `N/h`, `;burst=B` optional.
+    #[arg(long, env = "IDEMQ_RATE_LIMIT_SENSITIVE", value_name = "IDEMQ_RATE_LIMIT_SENSITIVE", default_value = DEFAULT_RATE_LIMIT_SENSITIVE, value_parser = RateSpec::parse)]
+    pub rate_limit_sensitive: RateSpec,
+    /// Budget of reads and polling per principal.
+    #[arg(long, env = "IDEMQ_RATE_LIMIT_READ", value_name = "IDEMQ_RATE_LIMIT_READ", default_value = DEFAULT_RATE_LIMIT_READ, value_parser = RateSpec::parse)]
+    pub rate_limit_read: RateSpec,
+    /// `true`: the client IP is the last address of `X-Forwarded-For` (set by
+    /// our proxy); otherwise the socket's peer address.
+    #[arg(long, env = "IDEMQ_TRUST_PROXY", value_name = "IDEMQ_TRUST_PROXY", default_value = "false", value_parser = parse_bool)]
+    pub trust_proxy: bool,
     /// Largest request body accepted, in bytes; larger → 413.
     #[arg(long, env = "IDEMQ_BODY_LIMIT_BYTES", value_name = "IDEMQ_BODY_LIMIT_BYTES", default_value = DEFAULT_BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
@@ -87,6 +154,38 @@ pub struct WorkerConfig {
     #[arg(long, env = "IDEMQ_QUEUE_POLL_INTERVAL", value_name = "IDEMQ_QUEUE_POLL_INTERVAL", default_value = DEFAULT_QUEUE_POLL_INTERVAL,
           value_parser = parse_duration)]
     pub queue_poll_interval: Duration,
+    /// On SIGTERM/SIGINT, how long the jobs in flight may take to finish.
+    /// Past it the process exits non-zero; other workers rescue those jobs
+    /// after the lease.
+    #[arg(long, env = "IDEMQ_SHUTDOWN_GRACE", value_name = "IDEMQ_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE,
+          value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// The database unreachable for longer than this: the worker process
+    /// exits non-zero (for its supervisor to restart). Shorter outages are
+    /// ridden out.
+    #[arg(long, env = "IDEMQ_DB_LOST_GRACE", value_name = "IDEMQ_DB_LOST_GRACE", default_value = DEFAULT_DB_LOST_GRACE,
+          value_parser = parse_duration)]
+    pub db_lost_grace: Duration,
+    /// How often the reconciler looks for unfinished operations whose job is
+    /// gone or dead (once per interval for the whole fleet; at least 1s).
+    #[arg(long, env = "IDEMQ_RECONCILE_INTERVAL", value_name = "IDEMQ_RECONCILE_INTERVAL", default_value = DEFAULT_RECONCILE_INTERVAL,
+          value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// `false`: this process does not run the scheduled cleanup (`idemq cleanup` still works).
+    #[arg(long, env = "IDEMQ_CLEANUP_ENABLED", value_name = "IDEMQ_CLEANUP_ENABLED", default_value = "true", value_parser = parse_bool)]
+    pub cleanup_enabled: bool,
+    /// When the cleanup runs: a cron expression in UTC, seconds first (`0 0 2 * * *`).
+    #[arg(long, env = "IDEMQ_CLEANUP_SCHEDULE", value_name = "IDEMQ_CLEANUP_SCHEDULE", default_value = DEFAULT_CLEANUP_SCHEDULE,
+          value_parser = parse_cron)]
+    pub cleanup_schedule: cron::Schedule,
+    /// How long finished queue jobs are kept before the cleanup deletes them.
+    #[arg(long, env = "IDEMQ_QUEUE_RETENTION", value_name = "IDEMQ_QUEUE_RETENTION", default_value = DEFAULT_QUEUE_RETENTION,
+          value_parser = parse_duration)]
+    pub queue_retention: Duration,
+    /// Rows the cleanup deletes per batch (each batch is its own short transaction).
+    #[arg(long, env = "IDEMQ_CLEANUP_BATCH_SIZE", value_name = "IDEMQ_CLEANUP_BATCH_SIZE", default_value = DEFAULT_CLEANUP_BATCH_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CLEANUP_BATCH_SIZE as i64))]
+    pub cleanup_batch_size: u32,
 }
 
 impl Default for WorkerConfig {
@@ -98,6 +197,13 @@ impl Default for WorkerConfig {
             job_timeout: Duration::from_secs(30),
             queue_batch_size: 50,
             queue_poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(30),
+            db_lost_grace: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(30),
+            cleanup_enabled: true,
+            cleanup_schedule: parse_cron(DEFAULT_CLEANUP_SCHEDULE).expect("the default schedule parses"),
+            queue_retention: Duration::from_secs(24 * 3600),
+            cleanup_batch_size: 1000,
         }
     }
 }
@@ -120,6 +226,25 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A cron expression as the `cron` crate reads it: seconds first, 6 or 7
+/// fields (`0 0 2 * * *`). Crontab's 5 fields are refused with a hint.
+pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
+    use std::str::FromStr;
+    let s = s.trim();
+    let fields = s.split_whitespace().count();
+    if fields == 5 {
+        return Err(format!(
+            "`{s}` has 5 fields; this schedule has seconds first (6 or 7 fields), e.g. `0 {s}`"
+        ));
+    }
+    let schedule = cron::Schedule::from_str(s)
+        .map_err(|e| format!("not a cron expression like `0 0 2 * * *` (seconds first): {e}"))?;
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(format!("`{s}` never fires again"));
+    }
+    Ok(schedule)
+}
+
 /// DESIGN.md's booleans: `true`/`false`, `1`/`0`.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -132,6 +257,39 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_specs() {
+        let r = RateSpec::parse("10/min").unwrap();
+        assert_eq!((r.count, r.per, r.burst), (10, Duration::from_secs(60), 10));
+        assert_eq!(r.interval(), Duration::from_secs(6));
+        assert_eq!(RateSpec::parse("5/s;burst=20").unwrap().burst, 20);
+        assert_eq!(RateSpec::parse("100/h").unwrap().per, Duration::from_secs(3600));
+        for bad in [
+            "",
+            "10",
+            "10/day",
+            "x/min",
+            "0/min",
+            "10/min;burst=0",
+            "10/min;b=2",
+        ] {
+            assert!(RateSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cron_schedules_have_seconds_first() {
+        assert_eq!(
+            parse_cron(DEFAULT_CLEANUP_SCHEDULE).unwrap().source(),
+            "0 0 2 * * *"
+        );
+        assert!(parse_cron("* * * * * *").is_ok());
+        let five = parse_cron("0 2 * * *").unwrap_err();
+        assert!(five.contains("seconds first"), "{five}");
+        assert!(parse_cron("every day").is_err());
+        assert!(parse_cron("0 0 0 1 1 * 2001").is_err());
+    }
 
     #[test]
     fn booleans_are_strict() {

@@ -138,6 +138,16 @@ pub fn test_worker_config() -> WorkerConfig {
         job_timeout: Duration::from_secs(10),
         queue_batch_size: 10,
         queue_poll_interval: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(10),
+        db_lost_grace: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(30),
+        // Off in tests unless a test is about it (tests/it/cleanup.rs): a
+        // worker would otherwise catch up today's 02:00 run at start.
+        cleanup_enabled: false,
+        cleanup_schedule: idemq_core::config::parse_cron(idemq_core::config::DEFAULT_CLEANUP_SCHEDULE)
+            .unwrap(),
+        queue_retention: Duration::from_secs(24 * 3600),
+        cleanup_batch_size: 1000,
     }
 }
 
@@ -148,6 +158,12 @@ pub fn test_api_config() -> ApiConfig {
         ops_token: Some("ops-secret".into()),
         require_idempotency_key: true,
         body_limit_bytes: 16 * 1024,
+        // Off here: most tests send more than 10 mutating requests a minute.
+        // The rate-limit tests switch it on.
+        rate_limit_enabled: false,
+        rate_limit_sensitive: idemq_core::config::RateSpec::parse("10/min").unwrap(),
+        rate_limit_read: idemq_core::config::RateSpec::parse("1200/min").unwrap(),
+        trust_proxy: false,
     }
 }
 
@@ -313,4 +329,123 @@ pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 /// The `idemq` binary built for these tests.
 pub fn idemq_bin() -> &'static str {
     env!("CARGO_BIN_EXE_idemq")
+}
+
+// --- Helpers for the idempotency-contract tests (issue 3) ---
+
+/// The full problem `type` URI for a slug.
+pub fn problem_type(slug: &str) -> String {
+    format!("https://idemq.dev/problems/{slug}")
+}
+
+/// Asserts a problem+json answer with this status and `type` slug; returns its body.
+pub async fn expect_problem(r: Response, status: StatusCode, slug: &str) -> Value {
+    assert_problem(&r, status);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], problem_type(slug), "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    body
+}
+
+/// A whole answer, read once, for byte-for-byte comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub replayed: Option<String>,
+    pub location: Option<String>,
+    pub preference_applied: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub async fn read(r: Response) -> Answer {
+        let h = |name: &str| header(&r, name).map(str::to_owned);
+        let (content_type, replayed, location, preference_applied) = (
+            h("content-type"),
+            h("idempotent-replayed"),
+            h("location"),
+            h("preference-applied"),
+        );
+        Answer {
+            status: r.status(),
+            content_type,
+            replayed,
+            location,
+            preference_applied,
+            body: r.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestApp {
+    /// A request with another principal's token.
+    pub fn request_as(&self, token: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.addr))
+            .bearer_auth(token)
+    }
+
+    /// A mutating request with a key and a JSON body.
+    pub async fn send(&self, method: Method, path: &str, key: &str, body: Value) -> Response {
+        self.request(method, path)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn insert_application(&self, id: &str) {
+        sqlx::query("INSERT INTO applications (id, applicant, room) VALUES ($1, 'Ada', 'Room 1')")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn insert_contract(&self, id: &str) {
+        sqlx::query("INSERT INTO contracts (id) VALUES ($1)")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+
+    /// The stored final response of the operation (status, content type, body).
+    pub async fn stored_response(&self, op_id: &str) -> (i16, String, String) {
+        let uuid: uuid::Uuid = op_id
+            .strip_prefix("op_")
+            .and_then(|h| h.parse().ok())
+            .expect("an operation id");
+        sqlx::query_as(
+            "SELECT response_status, response_content_type, response_body FROM operations WHERE id = $1",
+        )
+        .bind(uuid)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap()
+    }
+}
+
+// --- Helpers for the cleanup tests (issue 6) ---
+
+impl TestApp {
+    /// A worker loop in-process with settings of its own (a short
+    /// idempotency TTL, a cleanup schedule, …), on its own pool.
+    pub async fn start_worker_with_settings(&mut self, settings: idemq_worker::WorkerSettings) {
+        let pool = idemq_core::db::connect(&self.db.url, 10).await.unwrap();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(idemq_worker::run(pool, settings, stop.clone()));
+        self.workers.push((stop, handle));
+    }
 }

@@ -1,0 +1,267 @@
+//! Rate limiting (governor, GCRA) before any database work: per principal
+//! once authenticated, per client IP before (against token guessing). Two
+//! route classes, each one budget per principal shared by all its routes.
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request},
+    http::{HeaderMap, HeaderName, HeaderValue, Method},
+    response::{IntoResponse, Response},
+};
+use governor::{
+    clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+    Quota, RateLimiter,
+};
+use idemq_core::{config::RateSpec, problem::Problem};
+use uuid::Uuid;
+
+use crate::error::problem_response;
+
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// How often idle keys are dropped from the keyed stores (many distinct IPs
+/// must not grow memory without bound).
+pub const SHRINK_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Every mutating route: every request counts, replays and 400s included.
+    Sensitive,
+    /// GETs and polling.
+    Read,
+}
+
+impl Class {
+    pub fn of(method: &Method) -> Class {
+        if method == Method::GET || method == Method::HEAD {
+            Class::Read
+        } else {
+            Class::Sensitive
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Sensitive => "sensitive",
+            Class::Read => "read",
+        }
+    }
+}
+
+/// Who a budget belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Principal(Uuid),
+    /// Requests whose token is not (yet) known good.
+    Ip(IpAddr),
+}
+
+type Keyed = RateLimiter<Subject, DefaultKeyedStateStore<Subject>, DefaultClock, StateInformationMiddleware>;
+
+struct ClassLimiter {
+    spec: RateSpec,
+    limiter: Keyed,
+}
+
+/// The answer of a check: headers for a success, or a ready 429.
+pub enum Verdict {
+    Allowed(HeaderValue),
+    Limited(Response),
+}
+
+pub struct Limits {
+    sensitive: ClassLimiter,
+    read: ClassLimiter,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("sensitive", &self.sensitive.spec)
+            .field("read", &self.read.spec)
+            .finish()
+    }
+}
+
+fn quota(spec: &RateSpec) -> Quota {
+    let burst = NonZeroU32::new(spec.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(spec.interval().max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+impl Limits {
+    pub fn new(sensitive: RateSpec, read: RateSpec) -> Arc<Self> {
+        let limits = Arc::new(Limits {
+            sensitive: ClassLimiter {
+                spec: sensitive,
+                limiter: RateLimiter::keyed(quota(&sensitive)).with_middleware(),
+            },
+            read: ClassLimiter {
+                spec: read,
+                limiter: RateLimiter::keyed(quota(&read)).with_middleware(),
+            },
+            clock: DefaultClock::default(),
+        });
+        for class in [Class::Sensitive, Class::Read] {
+            metrics::counter!("idemq_rate_limited_total", "class" => class.as_str()).absolute(0);
+        }
+        let weak = Arc::downgrade(&limits);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SHRINK_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(limits) = weak.upgrade() else { break };
+                for c in [&limits.sensitive, &limits.read] {
+                    c.limiter.retain_recent();
+                    c.limiter.shrink_to_fit();
+                }
+            }
+        });
+        limits
+    }
+
+    fn class(&self, class: Class) -> &ClassLimiter {
+        match class {
+            Class::Sensitive => &self.sensitive,
+            Class::Read => &self.read,
+        }
+    }
+
+    /// Takes one request from `subject`'s budget of `class`.
+    pub fn check(&self, class: Class, subject: Subject, who: &str) -> Verdict {
+        let c = self.class(class);
+        let name = class.as_str();
+        match c.limiter.check_key(&subject) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Seconds until the whole burst is available again.
+                let refill = c.spec.interval() * (c.spec.burst.saturating_sub(remaining));
+                Verdict::Allowed(field(&format!(
+                    "\"{name}\";r={remaining};t={}",
+                    ceil_secs(refill)
+                )))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let retry_after = ceil_secs(wait).max(1);
+                metrics::counter!("idemq_rate_limited_total", "class" => name).increment(1);
+                tracing::warn!(
+                    class = name,
+                    subject = who,
+                    retry_after,
+                    "rate-limit: request rejected"
+                );
+                let problem = Problem::new("rate-limited", "Too many requests", 429)
+                    .detail(format!("The {name} budget is used up; retry in {retry_after} s."));
+                let mut response = problem_response(&problem).into_response();
+                let h = response.headers_mut();
+                h.insert(axum::http::header::RETRY_AFTER, field(&retry_after.to_string()));
+                h.insert(RATELIMIT_POLICY, self.policy(class));
+                h.insert(RATELIMIT, field(&format!("\"{name}\";r=0;t={retry_after}")));
+                Verdict::Limited(response)
+            }
+        }
+    }
+
+    /// `"sensitive";q=10;w=60` (draft-ietf-httpapi-ratelimit-headers-11).
+    pub fn policy(&self, class: Class) -> HeaderValue {
+        let spec = self.class(class).spec;
+        let window = spec.interval() * spec.burst;
+        field(&format!(
+            "\"{}\";q={};w={}",
+            class.as_str(),
+            spec.burst,
+            ceil_secs(window)
+        ))
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_nanos().div_ceil(1_000_000_000) as u64
+}
+
+fn field(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The client IP: the socket's peer, or with `trust_proxy` the last address
+/// of `X-Forwarded-For` (the one our own proxy appended; earlier entries are
+/// the client's word and can be forged).
+pub fn client_ip(req: &Request, trust_proxy: bool) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if trust_proxy {
+        if let Some(ip) = forwarded_for(req.headers()) {
+            return ip;
+        }
+    }
+    peer
+}
+
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    // The last hop of the last header line; an unparsable one is ignored
+    // (the socket address is used) rather than trusting an earlier hop.
+    let last_line = headers.get_all("x-forwarded-for").iter().next_back()?;
+    last_line.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budget_then_429_with_headers() {
+        let limits = Limits::new(
+            RateSpec::parse("10/min").unwrap(),
+            RateSpec::parse("1200/min").unwrap(),
+        );
+        let who = Subject::Principal(Uuid::nil());
+        for i in 0..10 {
+            match limits.check(Class::Sensitive, who, "t") {
+                Verdict::Allowed(h) => {
+                    assert!(h
+                        .to_str()
+                        .unwrap()
+                        .starts_with(&format!("\"sensitive\";r={};", 9 - i)))
+                }
+                Verdict::Limited(_) => panic!("request {i} limited"),
+            }
+        }
+        let Verdict::Limited(r) = limits.check(Class::Sensitive, who, "t") else {
+            panic!("11th allowed")
+        };
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"sensitive\";q=10;w=60");
+        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=6).contains(&retry), "{retry}");
+        assert_eq!(
+            r.headers()["ratelimit"],
+            format!("\"sensitive\";r=0;t={retry}").as_str()
+        );
+        // Other subjects and the other class are untouched.
+        assert!(matches!(
+            limits.check(Class::Sensitive, Subject::Principal(Uuid::max()), "u"),
+            Verdict::Allowed(_)
+        ));
+        assert!(matches!(limits.check(Class::Read, who, "t"), Verdict::Allowed(_)));
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_last_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 10.0.0.2"));
+        assert_eq!(forwarded_for(&h), Some("10.0.0.2".parse().unwrap()));
+    }
+}
