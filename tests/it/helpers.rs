@@ -348,7 +348,7 @@ pub async fn expect_problem(r: Response, status: StatusCode, slug: &str) -> Valu
 }
 
 /// A whole answer, read once, for byte-for-byte comparisons.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<String>,
@@ -356,6 +356,20 @@ pub struct Answer {
     pub location: Option<String>,
     pub preference_applied: Option<String>,
     pub body: Vec<u8>,
+}
+
+/// The body as text, so that a failure shows it.
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("replayed", &self.replayed)
+            .field("location", &self.location)
+            .field("preference_applied", &self.preference_applied)
+            .field("body", &self.text())
+            .finish()
+    }
 }
 
 impl Answer {
