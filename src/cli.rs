@@ -44,6 +44,13 @@ pub enum Command {
     },
     /// Apply migrations (apalis's and ours) and exit.
     Migrate,
+    /// Run one cleanup now (expired records, old finished queue jobs, stale
+    /// queue workers, old duty ticks), print what it deleted per table, exit.
+    /// Reads the same IDEMQ_QUEUE_RETENTION / IDEMQ_CLEANUP_BATCH_SIZE as a worker.
+    Cleanup {
+        #[command(flatten)]
+        worker: WorkerConfig,
+    },
     /// API tokens.
     Token {
         #[command(subcommand)]
@@ -93,6 +100,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Cleanup { worker } => {
+            let config = idemq_worker::cleanup::CleanupConfig::from_worker_config(&worker)?;
+            let pool = connect(&cli.db).await?;
+            let report = idemq_worker::cleanup::run_once(&pool, &config)
+                .await
+                .context("cleanup")?;
+            print!("{}", cleanup_table(&report));
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Create { name },
         } => {
@@ -119,6 +135,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `idemq cleanup`'s output: one line per table, then the total.
+pub fn cleanup_table(report: &idemq_worker::cleanup::CleanupReport) -> String {
+    let mut out = String::new();
+    for (table, n) in report.per_table() {
+        out.push_str(&format!("{table:<16}{n:>10}\n"));
+    }
+    out.push_str(&format!("{:<16}{:>10}\n", "total", report.total()));
+    out
 }
 
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<PgPool> {

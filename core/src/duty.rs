@@ -61,8 +61,10 @@ pub async fn finish(pool: &PgPool, claim: &Claim, result: &Value) -> Result<(), 
 
 /// The latest tick of `duty` that was claimed, if any.
 pub async fn last_tick(pool: &PgPool, duty: &str) -> Result<Option<DateTime<Utc>>, Error> {
-    Ok(sqlx::query_scalar("SELECT max(tick) FROM duty_ticks WHERE duty = $1")
-        .bind(duty)
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT max(tick) FROM duty_ticks WHERE duty = $1")
+            .bind(duty)
+            .fetch_one(pool)
+            .await?,
+    )
 }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod approvals;
 mod auth;
+mod cleanup;
 mod dev_process;
 mod idempotency_contract;
 mod meter_readings;

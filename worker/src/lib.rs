@@ -1,5 +1,6 @@
 //! The worker process: one apalis worker per queue, each running
 //! `job_runner::handle_job`, plus (later) the fleet's background duties.
+pub mod cleanup;
 pub mod job_runner;
 
 use std::{sync::Arc, time::Duration};
@@ -49,6 +50,8 @@ fn queue_config(queue: &str, cfg: &WorkerConfig) -> QueueConfig {
 /// and its supervisor restarts it.
 pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = instance_name();
+    // Checked before anything starts.
+    let cleanup_config = cleanup::CleanupConfig::from_worker_config(&settings.config)?;
     let runner = Arc::new(JobRunner::new(pool.clone(), &settings));
     let mut loops = JoinSet::new();
     for queue_name in queue::ALL {
@@ -71,6 +74,20 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
                 .await;
             (queue_name, result)
         });
+    }
+    // The scheduled cleanup: one more loop, under the same rule (if it ends
+    // on its own, the process exits non-zero).
+    if settings.config.cleanup_enabled {
+        let scheduled = cleanup::run_scheduled(
+            pool.clone(),
+            cleanup_config,
+            settings.config.cleanup_schedule.clone(),
+            instance.clone(),
+            shutdown.clone(),
+        );
+        loops.spawn(async move { (cleanup::DUTY, scheduled.await) });
+    } else {
+        tracing::info!("cleanup disabled in this process (IDEMQ_CLEANUP_ENABLED=false)");
     }
     tracing::info!(instance, queues = ?queue::ALL, "worker ready");
 
