@@ -56,6 +56,9 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Measure a real fleet (API + worker processes): throughput, latency,
+    /// peak RSS, correctness. See `idemq bench --help`.
+    Bench(idemq_bench::BenchArgs),
     /// Insert demo rows: invoices inv-1…, applications app-1…, contracts ctr-1….
     Seed {
         #[arg(long, default_value_t = 10)]
@@ -83,7 +86,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api { api } => {
             let pool = connect(&cli.db).await?;
             let shutdown = shutdown_on_signal();
-            run_api(pool, &api, shutdown).await
+            let listeners = bind_api(&api).await?;
+            println!("api listening on http://{}", listeners.api_addr()?);
+            serve_api(listeners, pool, &api, cli.shared.idempotency_ttl, shutdown).await
         }
         Command::Worker { worker } => {
             let pool = connect(&cli.db).await?;
@@ -109,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", cleanup_table(&report));
             Ok(())
         }
+        Command::Bench(args) => idemq_bench::run(args).await,
         Command::Token {
             command: TokenCommand::Create { name },
         } => {
@@ -173,15 +179,75 @@ fn redact(url: &str) -> String {
     }
 }
 
-pub async fn run_api(pool: PgPool, api: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The public listener and, when `IDEMQ_OPS_TOKEN` is set, the ops listener.
+pub struct ApiListeners {
+    pub api: tokio::net::TcpListener,
+    pub ops: Option<tokio::net::TcpListener>,
+}
+
+impl ApiListeners {
+    pub fn api_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.api.local_addr()
+    }
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+pub async fn bind_api(api: &ApiConfig) -> anyhow::Result<ApiListeners> {
     let listener = tokio::net::TcpListener::bind(api.api_addr)
         .await
         .with_context(|| format!("binding IDEMQ_API_ADDR {}", api.api_addr))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "api listening");
-    println!("api listening on http://{addr}");
+    let ops = match api.ops_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(api.ops_addr)
+                .await
+                .with_context(|| format!("binding IDEMQ_OPS_ADDR {}", api.ops_addr))?,
+        ),
+        None => {
+            tracing::warn!("IDEMQ_OPS_TOKEN is not set: the ops listener (dashboard, /metrics) is off");
+            None
+        }
+    };
+    Ok(ApiListeners { api: listener, ops })
+}
+
+/// Serves the API (and the ops listener) until `shutdown`.
+pub async fn serve_api(
+    listeners: ApiListeners,
+    pool: PgPool,
+    api: &ApiConfig,
+    idempotency_ttl: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::install_metrics();
+    tracing::info!(addr = %listeners.api_addr()?, "api listening");
+    let ops_task = match (listeners.ops, api.ops_token.clone()) {
+        (Some(listener), Some(token)) => {
+            tracing::info!(addr = %listener.local_addr()?, "ops listening");
+            let state = idemq_api::ops::OpsState {
+                pool: pool.clone(),
+                token: token.into(),
+                metrics,
+                idempotency_ttl,
+            };
+            idemq_api::ops::spawn_gauges(pool.clone(), shutdown.clone());
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, idemq_api::ops::router(state))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        _ => None,
+    };
     let state = idemq_api::AppState::new(pool, api);
-    idemq_api::serve(listener, state, shutdown).await?;
+    let served = idemq_api::serve(listeners.api, state, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(task) = ops_task {
+        task.await??;
+    }
+    served?;
     Ok(())
 }
 

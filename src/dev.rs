@@ -76,12 +76,22 @@ async fn run_on(
     let (_, token) = idemq_core::principal::create_token(&pool, "dev").await?;
 
     let shutdown = crate::cli::shutdown_on_signal();
-    let listener = tokio::net::TcpListener::bind(api.api_addr)
-        .await
-        .with_context(|| format!("binding IDEMQ_API_ADDR {}", api.api_addr))?;
-    let addr = listener.local_addr()?;
-    let state = idemq_api::AppState::new(pool.clone(), &api);
-    let api_task = tokio::spawn(idemq_api::serve(listener, state, shutdown.clone()));
+    let mut api = api;
+    // The ops listener needs a token: make one for this run if none is set.
+    let ops_token = api
+        .ops_token
+        .get_or_insert_with(|| format!("ops_{}", uuid_like()))
+        .clone();
+    let listeners = crate::cli::bind_api(&api).await?;
+    let addr = listeners.api_addr()?;
+    let ops_addr = listeners.ops_addr();
+    let ttl = shared.idempotency_ttl;
+    let api_pool = pool.clone();
+    let api_shutdown = shutdown.clone();
+    let api_task =
+        tokio::spawn(
+            async move { crate::cli::serve_api(listeners, api_pool, &api, ttl, api_shutdown).await },
+        );
     let settings = idemq_worker::WorkerSettings {
         config: worker,
         idempotency_ttl: shared.idempotency_ttl,
@@ -89,19 +99,25 @@ async fn run_on(
     let worker_task = tokio::spawn(idemq_worker::run(pool.clone(), settings, shutdown.clone()));
 
     print_banner(&addr.to_string(), url, &token);
+    if let Some(ops) = ops_addr {
+        println!(
+            "Ops (dashboard, operations, /metrics): http://{ops}/  — any user name, password {ops_token}"
+        );
+        println!("  curl -s http://{ops}/metrics -H 'Authorization: Bearer {ops_token}'\n");
+    }
     println!("api listening on http://{addr}");
     stop_all(shutdown, api_task, worker_task).await
 }
 
 async fn stop_all(
     shutdown: CancellationToken,
-    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    api_task: tokio::task::JoinHandle<anyhow::Result<()>>,
     worker_task: tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     tokio::pin!(api_task, worker_task);
     // Whichever part ends first (a signal, or a failure) stops the other.
     let first = tokio::select! {
-        r = &mut api_task => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+        r = &mut api_task => r.map_err(anyhow::Error::from).and_then(|r| r),
         r = &mut worker_task => r.map_err(anyhow::Error::from).and_then(|r| r),
     };
     shutdown.cancel();
@@ -137,4 +153,12 @@ Mark invoice inv-1 paid (repeat the same line: the stored response is replayed):
 Ctrl-C stops everything.
 "#
     );
+}
+
+/// 128 random bits as hex, for a dev-only ops token.
+fn uuid_like() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -17,3 +17,22 @@ pub fn init(format: &str) {
         builder.try_init()
     };
 }
+
+/// Installs the process-wide Prometheus recorder (once) and registers every
+/// idemq counter at 0. The handle renders `/metrics`.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            idemq_core::telemetry::register_all();
+            Some(handle)
+        })
+        .clone()
+}

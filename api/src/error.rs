@@ -85,8 +85,18 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "answering 503"),
             ApiError::Internal(e) => tracing::error!(error = %e, "answering 500"),
-            ApiError::KeyMissing => tracing::info!("rejected: Idempotency-Key missing"),
-            ApiError::KeyReused => tracing::info!("rejected: Idempotency-Key reused with another request"),
+            ApiError::KeyMissing => {
+                metrics::counter!(idemq_core::telemetry::KEY_MISSING).increment(1);
+                tracing::info!("rejected: Idempotency-Key missing")
+            }
+            ApiError::KeyInvalid(k) => {
+                metrics::counter!(idemq_core::telemetry::KEY_INVALID).increment(1);
+                tracing::info!(problem = k.slug(), "rejected: Idempotency-Key invalid")
+            }
+            ApiError::KeyReused => {
+                metrics::counter!(idemq_core::telemetry::KEY_REUSED).increment(1);
+                tracing::info!("rejected: Idempotency-Key reused with another request")
+            }
             _ => {}
         }
         let mut response = problem_response(&self.problem());

@@ -132,6 +132,7 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         NextAction::Existing(op) => {
             tracing::Span::current().record("operation", op.id.to_string());
             tracing::info!(operation = %op.id, status = op.status.as_str(), "IDEMPOTENT replay");
+            metrics::counter!(idemq_core::telemetry::REPLAYS).increment(1);
             answer(state, principal, op, true, wait).await
         }
         NextAction::KeyReused(op) => {

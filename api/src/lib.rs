@@ -3,6 +3,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod openapi;
+pub mod ops;
 pub mod rate_limit;
 pub mod routes;
 pub mod waiters;
@@ -11,9 +13,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::{DefaultBodyLimit, Request},
-    middleware,
-    routing::{get, patch, post},
-    Router,
+    middleware, Router,
 };
 use idemq_core::config::ApiConfig;
 use sqlx::PgPool;
@@ -55,25 +55,34 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public router and the OpenAPI document, from the same registrations.
+pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     use routes::*;
-    let authenticated = Router::new()
-        .route(invoices::MARK_PAID, patch(invoices::mark_paid))
-        .route("/invoices/{id}", get(invoices::get))
-        .route(applications::APPROVE, patch(applications::approve))
-        .route(applications::REJECT, patch(applications::reject))
-        .route("/applications/{id}", get(applications::get))
-        .route(meter_readings::RECORD, post(meter_readings::record))
-        .route("/contracts/{id}/meter-readings", get(meter_readings::list))
-        .route("/operations/{id}", get(operations::get))
+    use utoipa::OpenApi;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(invoices::mark_paid))
+        .routes(routes!(invoices::get))
+        .routes(routes!(applications::approve))
+        .routes(routes!(applications::reject))
+        .routes(routes!(applications::get))
+        .routes(routes!(meter_readings::record))
+        .routes(routes!(meter_readings::list))
+        .routes(routes!(operations::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::document))
         .merge(authenticated)
+        .split_for_parts();
+    let doc_json = openapi::DocumentJson(Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into())));
+    let router = router
+        .layer(axum::Extension(doc_json))
         .fallback(|| async { ApiError::NotFound("There is no such route.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
+        .layer(middleware::from_fn(record_http_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
@@ -88,7 +97,30 @@ pub fn router(state: AppState) -> Router {
                 operation = tracing::field::Empty,
             )
         }))
-        .with_state(state)
+        .with_state(state);
+    (router, doc)
+}
+
+/// `idemq_http_requests_total{route,status}` and the latency histogram, by
+/// route template (bounded label values; unknown paths count as "unmatched").
+async fn record_http_metrics(req: Request, next: middleware::Next) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(idemq_core::telemetry::HTTP_REQUESTS, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(idemq_core::telemetry::HTTP_DURATION, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub fn router(state: AppState) -> Router {
+    router_and_doc(state).0
 }
 
 /// Serves until `shutdown` is cancelled, then lets requests in flight finish.

@@ -12,9 +12,11 @@ pub mod idempotency;
 pub mod job;
 pub mod key;
 pub mod operation;
+pub mod ops;
 pub mod principal;
 pub mod problem;
 pub mod queue;
 pub mod seed;
+pub mod telemetry;
 
 pub use error::Error;

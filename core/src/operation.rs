@@ -181,11 +181,14 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Operation {
 }
 
 /// The public representation (DESIGN.md "The operation representation").
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationView<'a> {
+    /// `op_` + 32 hex digits.
     pub id: String,
+    /// invoice.mark_paid, application.approve, application.reject or meter_reading.record.
     pub kind: &'static str,
+    /// queued, running, succeeded or failed.
     pub status: &'static str,
     pub idempotency_key: &'a str,
     pub created_at: DateTime<Utc>,
@@ -194,16 +197,18 @@ pub struct OperationView<'a> {
     pub links: Links,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResponseView<'a> {
     pub status: u16,
     /// The stored body embedded as is: the same bytes a replay returns.
+    #[schema(value_type = Object)]
     pub body: &'a RawValue,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Links {
     #[serde(rename = "self")]
+    #[schema(rename = "self")]
     pub self_: String,
 }
 

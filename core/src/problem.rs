@@ -6,9 +6,18 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// Base of every problem `type`; the slug after it is stable and documented.
 pub const TYPE_BASE: &str = "https://idemq.dev/problems/";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// RFC 9457 problem details. `type` is `https://idemq.dev/problems/` + one of:
+/// unauthorized, idempotency-key-missing, idempotency-key-empty,
+/// idempotency-key-too-long, idempotency-key-invalid-characters,
+/// idempotency-key-reused, invalid-body, invalid-path, payload-too-large,
+/// not-found, method-not-allowed, rate-limited, service-unavailable,
+/// internal-error; stored by jobs: invoice-not-found, invoice-already-paid,
+/// application-not-found, application-not-pending, contract-not-found,
+/// reading-below-last, operation-failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(example = "https://idemq.dev/problems/idempotency-key-missing")]
     pub type_uri: String,
     pub title: String,
     pub status: u16,

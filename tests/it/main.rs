@@ -4,10 +4,14 @@ mod helpers;
 
 mod approvals;
 mod auth;
+mod bench_smoke;
 mod cleanup;
 mod dev_process;
+mod fleet;
 mod idempotency_contract;
 mod meter_readings;
+mod openapi;
 mod payments;
 mod property;
+mod rate_limit;
 mod read_models;

@@ -7,7 +7,9 @@ use axum::{
 use idemq_core::{
     business::approvals::{self, Approve, Reject},
     operation::OperationKind,
+    operation::OperationView,
     principal::Principal,
+    problem::Problem,
 };
 use serde_json::json;
 
@@ -22,7 +24,23 @@ use crate::{
 pub const APPROVE: &str = "/applications/{id}/approve";
 pub const REJECT: &str = "/applications/{id}/reject";
 
-/// `PATCH /applications/{id}/approve {note?}`
+/// Approve a pending application; creates its contract in the same transaction.
+#[utoipa::path(patch, path = "/applications/{id}/approve", tag = "applications",
+    params(("id" = String, Path, description = "Application id"), crate::openapi::IdempotencyKeyHeader, crate::openapi::PreferHeader),
+    request_body(content = Approve, description = "`{}` or `{\"note\": \"…\"}`"),
+    responses(
+        (status = 202, body = OperationView, headers(("Location" = String), ("Idempotent-Replayed" = String))),
+        (status = 200, description = "Final response: `{application, contract}`", body = crate::openapi::ApprovalBody),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Stored refusal: application-not-found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stored refusal: application-not-pending", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn approve(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -50,7 +68,23 @@ pub async fn approve(
     .await
 }
 
-/// `PATCH /applications/{id}/reject {reason}`
+/// Reject a pending application.
+#[utoipa::path(patch, path = "/applications/{id}/reject", tag = "applications",
+    params(("id" = String, Path, description = "Application id"), crate::openapi::IdempotencyKeyHeader, crate::openapi::PreferHeader),
+    request_body = Reject,
+    responses(
+        (status = 202, body = OperationView, headers(("Location" = String), ("Idempotent-Replayed" = String))),
+        (status = 200, description = "Final response: `{application}`", body = crate::openapi::ApplicationBody),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn reject(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -70,7 +104,14 @@ pub async fn reject(
     .await
 }
 
-/// `GET /applications/{id}`: the application and its contract, if approved.
+/// The application and its contract, if approved.
+#[utoipa::path(get, path = "/applications/{id}", tag = "applications",
+    params(("id" = String, Path, description = "Application id")),
+    responses((status = 200, body = crate::openapi::ApprovalBody),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Response, ApiError> {
     let mut conn = state.pool.acquire().await.map_err(idemq_core::Error::from)?;
     let (application, contract) = approvals::find(&mut conn, &id)

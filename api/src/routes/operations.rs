@@ -4,7 +4,9 @@ use axum::{
     response::Response,
     Extension,
 };
-use idemq_core::{idempotency, operation::OperationId, principal::Principal};
+use idemq_core::{
+    idempotency, operation::OperationId, operation::OperationView, principal::Principal, problem::Problem,
+};
 
 use crate::{
     error::ApiError,
@@ -13,7 +15,14 @@ use crate::{
     AppState,
 };
 
-/// `GET /operations/{id}`: the caller's own operations only; honours `Prefer: wait`.
+/// Poll an operation (the caller's own only); honours `Prefer: wait`.
+#[utoipa::path(get, path = "/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "op_…"), crate::openapi::PreferHeader),
+    responses((status = 200, body = OperationView, headers(("Preference-Applied" = String, description = "wait=N when honoured"))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown, another principal's, or expired and deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

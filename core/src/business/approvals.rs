@@ -9,20 +9,20 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{audit, Actor, Outcome};
 use crate::{problem::Problem, Error};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approve {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Reject {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Application {
     pub id: String,
@@ -35,7 +35,7 @@ pub struct Application {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Contract {
     pub id: String,
@@ -94,6 +94,7 @@ async fn decide(
         Decision::Approve(a) => ("APPROVED", a.note.as_deref(), None),
         Decision::Reject(r) => ("REJECTED", None, Some(r.reason.as_str())),
     };
+    let lock_started = std::time::Instant::now();
     // A concurrent decision on the same version makes this match no row.
     let updated: Option<Application> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE applications SET status = $3, version = version + 1, note = coalesce($4, note),
@@ -108,6 +109,11 @@ async fn decide(
     .bind(reason)
     .fetch_optional(&mut *conn)
     .await?;
+    let kind = match &decision {
+        Decision::Approve(_) => "application.approve",
+        Decision::Reject(_) => "application.reject",
+    };
+    super::record_lock_wait(kind, lock_started);
     let Some(application) = updated else {
         let now: Option<String> = sqlx::query_scalar("SELECT status FROM applications WHERE id = $1")
             .bind(id)

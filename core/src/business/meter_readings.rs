@@ -8,10 +8,12 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{audit, Actor, Outcome};
 use crate::{problem::Problem, Error};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordReading {
     pub contract_id: String,
+    /// A JSON number ≥ 0; equal to the last reading is allowed, below it is refused (422).
+    #[schema(value_type = f64, minimum = 0)]
     pub reading: Number,
 }
 
@@ -25,11 +27,12 @@ impl RecordReading {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterReading {
     pub id: String,
     pub contract_id: String,
+    #[schema(value_type = f64)]
     pub reading: Number,
     pub recorded_at: DateTime<Utc>,
 }
@@ -48,10 +51,12 @@ fn to_reading((id, contract_id, reading, recorded_at): ReadingRow) -> Result<Met
 }
 
 pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) -> Result<Outcome, Error> {
+    let lock_started = std::time::Instant::now();
     let contract: Option<String> = sqlx::query_scalar("SELECT id FROM contracts WHERE id = $1 FOR UPDATE")
         .bind(&req.contract_id)
         .fetch_optional(&mut *conn)
         .await?;
+    super::record_lock_wait("meter_reading.record", lock_started);
     if contract.is_none() {
         return Ok(Outcome::refused(
             Problem::new("contract-not-found", "Contract not found", 404)

@@ -75,3 +75,9 @@ pub async fn audit(
     tracing::info!(operation = %actor.operation, action, entity_type, entity_id, "audit");
     Ok(())
 }
+
+/// `idemq_lock_wait_seconds{kind}`: time spent acquiring the business row
+/// lock (the locking statement's duration).
+pub(crate) fn record_lock_wait(kind: &'static str, started: std::time::Instant) {
+    metrics::histogram!(crate::telemetry::LOCK_WAIT, "kind" => kind).record(started.elapsed().as_secs_f64());
+}

@@ -7,13 +7,13 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{audit, Actor, Outcome};
 use crate::{problem::Problem, Error};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MarkPaid {
     pub payment_method: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Invoice {
     pub id: String,
@@ -32,12 +32,14 @@ pub async fn mark_paid(
     invoice_id: &str,
     req: &MarkPaid,
 ) -> Result<Outcome, Error> {
+    let lock_started = std::time::Instant::now();
     let invoice: Option<Invoice> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
     )))
     .bind(invoice_id)
     .fetch_optional(&mut *conn)
     .await?;
+    super::record_lock_wait("invoice.mark_paid", lock_started);
     let Some(invoice) = invoice else {
         return Ok(Outcome::refused(
             Problem::new("invoice-not-found", "Invoice not found", 404)

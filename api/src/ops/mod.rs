@@ -1,0 +1,82 @@
+//! The ops listener (DESIGN.md "The ops listener"): the apalis-board
+//! dashboard, the operations view, `/metrics` — all behind the ops token.
+pub mod auth;
+pub mod board;
+pub mod operations_view;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{middleware, routing::get, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct OpsState {
+    pub pool: PgPool,
+    pub token: Arc<str>,
+    pub metrics: Option<PrometheusHandle>,
+    /// For the stored response of a cancelled operation.
+    pub idempotency_ttl: Duration,
+}
+
+pub fn router(state: OpsState) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = metrics.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .merge(operations_view::router(state.clone()))
+        .merge(board::router(&state.pool))
+        .layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            auth::require_ops_token,
+        ))
+}
+
+/// How often the gauges that need a query are refreshed (not per scrape).
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Refreshes `idemq_queue_jobs{queue,state}` and `idemq_operations{status}`.
+pub fn spawn_gauges(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(GAUGE_REFRESH);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = refresh_gauges(&pool).await {
+                tracing::warn!(error = %e, "cannot refresh queue gauges");
+            }
+        }
+    });
+}
+
+pub async fn refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
+    use idemq_core::telemetry::{OPERATIONS, QUEUE_JOBS};
+    let jobs: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT job_type, status, count(*) FROM apalis.jobs GROUP BY 1, 2")
+            .fetch_all(pool)
+            .await?;
+    for queue in idemq_core::queue::ALL {
+        for state in ["Pending", "Queued", "Running", "Done", "Failed", "Killed"] {
+            let n = jobs
+                .iter()
+                .find(|(q, s, _)| q == queue && s == state)
+                .map_or(0, |j| j.2);
+            metrics::gauge!(QUEUE_JOBS, "queue" => queue, "state" => state).set(n as f64);
+        }
+    }
+    let ops: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM operations GROUP BY 1")
+        .fetch_all(pool)
+        .await?;
+    for status in ["queued", "running", "succeeded", "failed"] {
+        let n = ops.iter().find(|(s, _)| s == status).map_or(0, |o| o.1);
+        metrics::gauge!(OPERATIONS, "status" => status).set(n as f64);
+    }
+    Ok(())
+}
