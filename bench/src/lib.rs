@@ -1,0 +1,113 @@
+//! `idemq bench`: the instrument. Each scenario starts a real fleet — the
+//! `idemq api` process and N `idemq worker` processes, children of the bench —
+//! against a fresh database (on `DATABASE_URL`'s server, or on a private
+//! cluster under `./.idemq-bench/` with the durability defaults users run:
+//! fsync and synchronous_commit on), drives it over HTTP, and reports
+//! throughput, latency, peak RSS of every process, where the CPU went, and
+//! whether the result is correct (every invoice paid at most once, every
+//! operation final). Human tables by default, `--json` for machines.
+//!
+//! Children inherit the bench's environment, so every `IDEMQ_*` setting
+//! (`IDEMQ_QUEUE_BATCH_SIZE`, `IDEMQ_WORKER_CONCURRENCY`,
+//! `IDEMQ_DB_MAX_CONNECTIONS`, …) can be tried without a rebuild; the bench
+//! sets only the addresses, the database and the switches a scenario needs.
+mod cpu;
+mod fleet;
+mod load;
+#[path = "../../src/pg_cluster.rs"]
+mod pg_cluster;
+mod report;
+mod scenarios;
+mod server;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+pub use scenarios::{
+    CleanupArgs, DrainArgs, EnqueueArgs, LatencyArgs, LimitedArgs, PaymentsArgs, ReplayArgs,
+};
+
+/// `idemq bench …`
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Print one JSON document on stdout (progress still goes to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where the private Postgres cluster and the children's logs live
+    /// (the cluster is used only when DATABASE_URL is unset).
+    #[arg(long, global = true, default_value = ".idemq-bench", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Keep each scenario's database instead of dropping it.
+    #[arg(long, global = true)]
+    pub keep_db: bool,
+    /// Add the top statements by database time (pg_stat_statements) to each
+    /// report. The private cluster loads the extension for it (restart);
+    /// a DATABASE_URL server must already preload it.
+    #[arg(long, global = true)]
+    pub profile: bool,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// New mark-paid requests over HTTP with no worker running (the API's
+    /// record + enqueue path), beside the raw durable-commit ceiling of
+    /// Postgres at the same concurrency.
+    Enqueue(EnqueueArgs),
+    /// N operations enqueued up front (the API's record + enqueue code),
+    /// then W worker processes started: jobs/s until all are final.
+    Drain(DrainArgs),
+    /// The standard workload: 5,000 unpaid invoices, 6,000 mark-paid requests
+    /// (1,000 exact repeats) from 16 clients, workers running: operations/s
+    /// from the first request until every operation is final.
+    Payments(PaymentsArgs),
+    /// Open loop at a fixed arrival rate, each request with `Prefer: wait`:
+    /// time from send to final answer.
+    Latency(LatencyArgs),
+    /// Repeats of finished requests (stored responses): requests/s and latency.
+    Replay(ReplayArgs),
+    /// The 429 path (a tiny sensitive limit) beside `/healthz` at the same
+    /// concurrency.
+    Limited(LimitedArgs),
+    /// `idemq cleanup` over ROWS expired operations (and their finished jobs)
+    /// while a steady enqueue load runs: cleanup time, the load's drop.
+    Cleanup(CleanupArgs),
+    /// Every scenario above with its defaults.
+    All,
+}
+
+/// Runs the scenario(s), prints the report(s), and fails if a correctness
+/// check failed (after printing).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let server = server::Server::start(&args).await?;
+    let reports = scenarios::run(&server, &args).await;
+    let environment = server.environment().await;
+    server.stop().await;
+    let reports = reports?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json_document(&environment, &reports))?
+        );
+    } else {
+        print!("{}", report::human_document(&environment, &reports));
+    }
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.correct())
+        .map(|r| r.scenario.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("correctness check failed in: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Progress lines (stderr, so that `--json` stdout stays one document).
+pub(crate) fn progress(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}

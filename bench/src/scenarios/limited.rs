@@ -1,0 +1,147 @@
+//! `limited`: the 429 path. With a tiny sensitive limit every mutating
+//! request past the first is refused before any database work; its rate is
+//! compared with `/healthz` (no auth, no database) at the same concurrency.
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{fleet, mark_paid, profile_reset, profile_take};
+use crate::{
+    cpu::CpuProbe,
+    load::{closed_loop_for, http_client, Reply},
+    progress,
+    report::Report,
+    server::{RunDb, Server},
+};
+
+const TARGET_RATIO: f64 = 0.8;
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitedArgs {
+    /// Concurrent HTTP clients (both phases).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Duration of each phase.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// The sensitive limit set for the API.
+    #[arg(long, default_value = "1/h")]
+    pub limit: String,
+}
+
+pub async fn run(server: &Server, db: &RunDb, args: &LimitedArgs, report: &mut Report) -> anyhow::Result<()> {
+    report.param("clients", args.clients);
+    report.param("seconds", args.seconds);
+    report.param("limit", args.limit.clone());
+    let mut fleet = fleet(server, db, report);
+    fleet
+        .start_api(&[
+            ("IDEMQ_RATE_LIMIT_ENABLED", "true"),
+            ("IDEMQ_RATE_LIMIT_SENSITIVE", &args.limit),
+        ])
+        .await?;
+    let client = http_client()?;
+    let duration = Duration::from_secs(args.seconds);
+
+    progress(format!(
+        "limited: mark-paid past the limit, {} clients for {} s",
+        args.clients, args.seconds
+    ));
+    let probe = CpuProbe::new(fleet.api_pid(), vec![], &db.pool).await;
+    profile_reset(server, db).await;
+    let before = probe.snapshot();
+    let limited = {
+        let (client, api, token) = (client.clone(), fleet.api_url.clone(), db.token.clone());
+        closed_loop_for(args.clients, duration, move |c, n| {
+            let key = format!("lim-{c}-{n}");
+            let req = mark_paid(&client, &api, &token, &key, &key);
+            async move {
+                match req.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let retry_after = r.headers().contains_key("retry-after");
+                        let _ = r.bytes().await;
+                        // The burst lets the first request through.
+                        Reply::expect(status, (status == 429 && retry_after) || status == 202, || {
+                            format!("{status}, Retry-After present: {retry_after}")
+                        })
+                    }
+                    Err(e) => Reply::transport(e),
+                }
+            }
+        })
+        .await
+    };
+    let after = probe.snapshot();
+    profile_take(server, db, report).await;
+    report.cpu = Some(probe.split(&before, &after));
+
+    progress(format!(
+        "limited: /healthz, {} clients for {} s",
+        args.clients, args.seconds
+    ));
+    let health = {
+        let (client, api) = (client.clone(), fleet.api_url.clone());
+        closed_loop_for(args.clients, duration, move |_, _| {
+            let req = client.get(format!("{api}/healthz"));
+            async move {
+                match req.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        Reply::expect(status, status == 200, || format!("{status}"))
+                    }
+                    Err(e) => Reply::transport(e),
+                }
+            }
+        })
+        .await
+    };
+    fleet.check_alive()?;
+    report.set_rss(fleet.rss());
+
+    let refused = limited.statuses.get(&429).copied().unwrap_or(0);
+    let rate_429 = refused as f64 / limited.elapsed.as_secs_f64().max(1e-6);
+    let ratio = rate_429 / health.rate().max(1e-9);
+    report.figure("rate_limited_per_s", rate_429, "429s/s");
+    report.latency("rate_limited_latency_ms", &limited.samples().summary());
+    report.figure("healthz_per_s", health.rate(), "requests/s");
+    report.latency("healthz_latency_ms", &health.samples().summary());
+    report.ratio("ratio_to_healthz", ratio);
+    report.text("statuses", limited.statuses_text());
+    report.headline = format!(
+        "{rate_429:.0} 429/s = {ratio:.2} of /healthz {:.0}/s",
+        health.rate()
+    );
+    report.target(
+        "429 rate / healthz rate",
+        &format!("≥ {TARGET_RATIO}"),
+        format!("{ratio:.3}"),
+        ratio >= TARGET_RATIO,
+    );
+
+    report.check(
+        "every refusal is a 429 with Retry-After",
+        limited.unexpected == 0 && refused > 0,
+        match &limited.first_unexpected {
+            Some(f) => format!("{} unexpected; first: {f}", limited.unexpected),
+            None => format!("{refused} refused"),
+        },
+    );
+    let accepted = limited.statuses.get(&202).copied().unwrap_or(0) as i64;
+    let operations: i64 = sqlx::query_scalar("SELECT count(*) FROM operations")
+        .fetch_one(&db.pool)
+        .await?;
+    report.check(
+        "a 429 records nothing",
+        operations == accepted,
+        format!("{operations} operations for {accepted} accepted requests"),
+    );
+    report.check(
+        "every /healthz answered 200",
+        health.unexpected == 0 && health.count() > 0,
+        format!("{} answers, {} unexpected", health.count(), health.unexpected),
+    );
+    fleet.shutdown().await;
+    Ok(())
+}
