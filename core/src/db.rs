@@ -5,11 +5,29 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 
 use crate::Error;
 
+/// How often a server backend checks, while it runs a statement, that its
+/// client is still there. A worker killed mid-job leaves a backend that
+/// otherwise keeps its statement (a lock wait, a slow query) and the row
+/// locks of its transaction until the statement ends; with the check it is
+/// gone within this interval and the job's next attempt is not blocked.
+pub const CLIENT_CONNECTION_CHECK_INTERVAL: &str = "1s";
+
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast (503) rather than hang when the database is gone.
         .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
+                let set =
+                    format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
+                    tracing::debug!(error = %e, "client_connection_check_interval not available");
+                }
+                Ok(())
+            })
+        })
         .connect(url)
         .await?;
     Ok(pool)

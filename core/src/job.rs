@@ -62,7 +62,26 @@ pub async fn start_attempt(pool: &PgPool, op: OperationId) -> Result<Option<Atte
 /// the business operation under its row lock (steps 2–3), stores the final
 /// response (step 4) and commits (step 5). Any `Err` has rolled back.
 pub async fn run_attempt(pool: &PgPool, op: OperationId, ttl: Duration) -> Result<AttemptResult, Error> {
+    run_attempt_within(pool, op, ttl, None).await
+}
+
+/// `run_attempt` with each statement limited to `limit` by the server
+/// (`SET LOCAL statement_timeout`, lock waits included). The worker's own
+/// time limit abandons a hung attempt; this makes Postgres abandon it too,
+/// so that its row locks go at once instead of when the hung statement ends.
+pub async fn run_attempt_within(
+    pool: &PgPool,
+    op: OperationId,
+    ttl: Duration,
+    limit: Option<Duration>,
+) -> Result<AttemptResult, Error> {
     let mut tx = pool.begin().await?;
+    if let Some(limit) = limit {
+        let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {ms}")))
+            .execute(&mut *tx)
+            .await?;
+    }
     let row: Option<(String, String, Uuid, Value)> =
         sqlx::query_as("SELECT status, kind, principal_id, request FROM operations WHERE id = $1 FOR UPDATE")
             .bind(op.uuid())
@@ -151,7 +170,7 @@ fn body<T: DeserializeOwned>(actor: Actor, request: &Value) -> Result<T, Error> 
 
 /// Step 4: the final response, the status, the expiry, and the completion
 /// notice for waiting requests (delivered when the transaction commits).
-async fn finish(
+pub(crate) async fn finish(
     conn: &mut PgConnection,
     op: OperationId,
     outcome: &Outcome,

@@ -4,20 +4,27 @@
 //! stored 500. Retries happen here, not in apalis: apalis re-fetches a failed
 //! job at once (no backoff), and its `.timeout()`/`.catch_panic()` leave jobs
 //! stuck `Running` (STACK.md).
+//!
+//! When the process is stopping, a job waiting for its next attempt does not
+//! wait: it hands the job back to the queue (apalis marks it `Failed`, and a
+//! live worker takes it at once), so that a graceful stop finishes only the
+//! attempts in flight. The attempt count lives in `operations.attempts`, so
+//! the bound holds whoever takes the job next.
 use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{BoxDynError, Data};
 use idemq_core::{
     job::{self, AttemptResult},
-    operation::OperationId,
+    operation::{OperationId, OperationKind},
     queue::JobPayload,
     Error,
 };
 use rand::Rng;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::WorkerSettings;
+use crate::{faults::Faults, WorkerSettings};
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -28,6 +35,18 @@ pub struct JobRunner {
     ttl: Duration,
     max_attempts: u32,
     timeout: Duration,
+    faults: Faults,
+    stopping: CancellationToken,
+}
+
+/// Why a job goes back to apalis unfinished (apalis then marks it `Failed`
+/// and hands it to a worker again; our attempt bound still holds).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("database unreachable: {0}")]
+    Database(#[from] Error),
+    #[error("worker stopping: job handed back to the queue")]
+    Stopping,
 }
 
 /// The apalis handler. Returns `Ok` whenever the operation is settled (done,
@@ -35,11 +54,10 @@ pub struct JobRunner {
 pub async fn handle_job(job: JobPayload, runner: Data<Arc<JobRunner>>) -> Result<(), BoxDynError> {
     let op = job.operation_id();
     let span = tracing::info_span!("job", operation = %op);
-    runner
-        .run(op)
-        .instrument(span)
-        .await
-        .map_err(|e| Box::new(e) as BoxDynError)
+    runner.run(op).instrument(span).await.map_err(|e| {
+        tracing::warn!(error = %e, "job handed back to the queue");
+        Box::new(e) as BoxDynError
+    })
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -59,10 +77,33 @@ impl JobRunner {
             ttl: settings.idempotency_ttl,
             max_attempts: settings.config.job_max_attempts,
             timeout: settings.config.job_timeout,
+            faults: Faults::default(),
+            stopping: CancellationToken::new(),
         }
     }
 
-    pub async fn run(&self, op: OperationId) -> Result<(), Error> {
+    /// Arms the test-only faults (see `faults`).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Once `stopping` is cancelled, jobs between attempts are handed back
+    /// instead of waiting for their next attempt.
+    pub fn stopping_on(mut self, stopping: CancellationToken) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    /// Waits `delay`, or returns `Err(Stopping)` if the process stops first.
+    async fn pause(&self, delay: Duration) -> Result<(), JobError> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.stopping.cancelled() => Err(JobError::Stopping),
+        }
+    }
+
+    pub async fn run(&self, op: OperationId) -> Result<(), JobError> {
         let mut unreachable = 0u32;
         loop {
             let attempt = match job::start_attempt(&self.pool, op).await {
@@ -76,10 +117,10 @@ impl JobRunner {
                 Err(e) => {
                     unreachable += 1;
                     if unreachable >= self.max_attempts {
-                        return Err(e);
+                        return Err(e.into());
                     }
                     tracing::warn!(error = %e, "cannot start attempt; retrying");
-                    tokio::time::sleep(backoff(unreachable)).await;
+                    self.pause(backoff(unreachable)).await?;
                     continue;
                 }
             };
@@ -88,7 +129,7 @@ impl JobRunner {
                 return self.give_up(op, attempt.number).await;
             }
             let span = tracing::info_span!("attempt", kind = attempt.kind.as_str(), attempt = number);
-            match self.attempt_once(op).instrument(span).await {
+            match self.attempt_once(op, attempt.kind, number).instrument(span).await {
                 Ok(result) => {
                     tracing::info!(?result, kind = attempt.kind.as_str(), "job done");
                     return Ok(());
@@ -104,7 +145,7 @@ impl JobRunner {
                     }
                     let delay = backoff(number);
                     tracing::warn!(reason, attempt = number, ?delay, "attempt failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    self.pause(delay).await?;
                 }
             }
         }
@@ -112,11 +153,24 @@ impl JobRunner {
 
     /// One attempt in its own task, so that a panic is an error here rather
     /// than a dead worker, and under the time limit, so that a hung attempt
-    /// is aborted (its transaction rolls back) rather than stuck.
-    async fn attempt_once(&self, op: OperationId) -> Result<AttemptResult, AttemptError> {
+    /// is aborted (its transaction rolls back) rather than stuck. The same
+    /// limit is the attempt's `statement_timeout`, so that Postgres drops a
+    /// hung statement (and its locks) too.
+    async fn attempt_once(
+        &self,
+        op: OperationId,
+        kind: OperationKind,
+        number: u32,
+    ) -> Result<AttemptResult, AttemptError> {
         let pool = self.pool.clone();
-        let ttl = self.ttl;
-        let task = tokio::spawn(async move { job::run_attempt(&pool, op, ttl).await }.in_current_span());
+        let (ttl, limit, faults) = (self.ttl, self.timeout, self.faults.clone());
+        let task = tokio::spawn(
+            async move {
+                faults.before_attempt(&pool, op, kind, number).await;
+                job::run_attempt_within(&pool, op, ttl, Some(limit)).await
+            }
+            .in_current_span(),
+        );
         let abort = task.abort_handle();
         match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(Ok(result))) => Ok(result),
@@ -131,7 +185,7 @@ impl JobRunner {
         }
     }
 
-    async fn give_up(&self, op: OperationId, attempts: i32) -> Result<(), Error> {
+    async fn give_up(&self, op: OperationId, attempts: i32) -> Result<(), JobError> {
         if job::finish_exhausted(&self.pool, op, attempts, self.ttl).await? {
             tracing::error!(attempts, "operation finished failed after its last attempt");
         }

@@ -1,13 +1,17 @@
 //! The worker process: one apalis worker per queue, each running
-//! `job_runner::handle_job`, plus (later) the fleet's background duties.
+//! `job_runner::handle_job`, plus the fleet's background duties (the
+//! reconciler) and a database watchdog. See `supervise` for how the process
+//! stays alive only while it is healthy.
 pub mod cleanup;
+pub mod faults;
 pub mod job_runner;
+pub mod reconciler;
+pub mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
-use apalis::prelude::*;
-use apalis_postgres::{Config as QueueConfig, PostgresStorage};
-use idemq_core::{config::WorkerConfig, queue, queue::JobPayload};
+use apalis_postgres::Config as QueueConfig;
+use idemq_core::{config::WorkerConfig, queue};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,37 +48,46 @@ fn queue_config(queue: &str, cfg: &WorkerConfig) -> QueueConfig {
 }
 
 /// Runs one worker per queue until `shutdown` is cancelled (then each stops
-/// taking jobs and finishes those in flight). If any worker loop ends on its
-/// own, the others are stopped and an error is returned: a process running on
-/// with a dead queue would be a silent partial outage, so it exits non-zero
-/// and its supervisor restarts it.
+/// taking jobs and finishes those in flight within `IDEMQ_SHUTDOWN_GRACE`;
+/// past it, an error). If any loop ends on its own, the others are stopped
+/// and an error is returned: a process running on with a dead queue would be
+/// a silent partial outage, so it exits non-zero and its supervisor restarts
+/// it. A database outage shorter than `IDEMQ_DB_LOST_GRACE` is ridden out.
 pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = instance_name();
     // Checked before anything starts.
     let cleanup_config = cleanup::CleanupConfig::from_worker_config(&settings.config)?;
-    let runner = Arc::new(JobRunner::new(pool.clone(), &settings));
-    let mut loops = JoinSet::new();
+    let reconciler_config =
+        reconciler::ReconcilerConfig::from_worker_config(&settings.config, settings.idempotency_ttl)
+            .map_err(anyhow::Error::msg)?;
+    let faults = faults::Faults::from_env()?;
+    let runner = Arc::new(
+        JobRunner::new(pool.clone(), &settings)
+            .with_faults(faults)
+            .stopping_on(shutdown.clone()),
+    );
+    supervise::warn_if_pool_too_small(&pool, &settings.config);
+    let mut loops: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     for queue_name in queue::ALL {
-        let backend = PostgresStorage::<JobPayload>::new(&pool)
-            .with_config(queue_config(queue_name, &settings.config))
-            .with_pubsub()
-            .poll_with_interval(settings.config.queue_poll_interval);
-        let worker = WorkerBuilder::new(format!("{queue_name}@{instance}"))
-            .backend(backend)
-            .data(runner.clone())
-            .concurrency(settings.config.worker_concurrency as usize)
-            .build(job_runner::handle_job);
-        let stop = shutdown.clone();
-        loops.spawn(async move {
-            let result = worker
-                .run_until(async move {
-                    stop.cancelled().await;
-                    Ok::<(), std::io::Error>(())
-                })
-                .await;
-            (queue_name, result)
-        });
+        let queue_loop = supervise::queue_loop(
+            pool.clone(),
+            queue_name,
+            instance.clone(),
+            runner.clone(),
+            settings.config.clone(),
+            shutdown.clone(),
+        );
+        loops.spawn(async move { (queue_name, queue_loop.await) });
     }
+    let watchdog = supervise::db_watchdog(pool.clone(), settings.config.db_lost_grace, shutdown.clone());
+    loops.spawn(async move { ("database watchdog", watchdog.await) });
+    let reconcile = reconciler::run_scheduled(
+        pool.clone(),
+        reconciler_config,
+        instance.clone(),
+        shutdown.clone(),
+    );
+    loops.spawn(async move { (reconciler::DUTY, reconcile.await) });
     // The scheduled cleanup: one more loop, under the same rule (if it ends
     // on its own, the process exits non-zero).
     if settings.config.cleanup_enabled {
@@ -85,24 +98,54 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
             instance.clone(),
             shutdown.clone(),
         );
-        loops.spawn(async move { (cleanup::DUTY, scheduled.await) });
+        loops.spawn(async move { (cleanup::DUTY, scheduled.await.map_err(anyhow::Error::from)) });
     } else {
         tracing::info!("cleanup disabled in this process (IDEMQ_CLEANUP_ENABLED=false)");
     }
     tracing::info!(instance, queues = ?queue::ALL, "worker ready");
 
+    let grace = settings.config.shutdown_grace;
     let mut failure = None;
-    while let Some(joined) = loops.join_next().await {
-        let ended = match joined {
-            Ok((queue_name, Ok(()))) => format!("worker loop of queue {queue_name} ended"),
-            Ok((queue_name, Err(e))) => format!("worker loop of queue {queue_name} failed: {e}"),
-            Err(e) => format!("worker loop panicked: {e}"),
+    let mut stop_by = None;
+    loop {
+        let joined = match stop_by {
+            None => tokio::select! {
+                joined = loops.join_next() => joined,
+                () = shutdown.cancelled() => {
+                    tracing::info!(?grace, "stopping: no new jobs; finishing those in flight");
+                    stop_by = Some(tokio::time::Instant::now() + grace);
+                    continue;
+                }
+            },
+            Some(deadline) => match tokio::time::timeout_at(deadline, loops.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    let late = format!(
+                        "jobs still in flight after IDEMQ_SHUTDOWN_GRACE ({grace:?}); \
+                         leaving them to other workers (after the lease)"
+                    );
+                    tracing::error!("{late}");
+                    failure.get_or_insert(late);
+                    loops.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
+        let (ended, failed) = match joined {
+            Ok((name, Ok(()))) => (format!("loop {name} ended"), false),
+            Ok((name, Err(e))) => (format!("loop {name} failed: {e:#}"), true),
+            Err(e) => (format!("a worker loop panicked: {e}"), true),
         };
         if shutdown.is_cancelled() {
-            tracing::info!("{ended}");
+            if failed {
+                tracing::warn!("{ended} while stopping");
+            } else {
+                tracing::info!("{ended}");
+            }
             continue;
         }
-        tracing::error!("{ended}; stopping the other queues so that the process exits");
+        tracing::error!("{ended}; stopping the other loops so that the process exits non-zero");
         failure.get_or_insert(ended);
         shutdown.cancel();
     }

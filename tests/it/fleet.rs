@@ -1,0 +1,1072 @@
+//! The worker fleet under crashes (issue 5): real `idemq worker` processes,
+//! spawned and killed for real, against the API in-process. Faults come from
+//! the database (triggers on `invoices` that sleep or raise) or, for a panic,
+//! from the worker's test-only `IDEMQ_FAULT_PANIC_INVOICE`.
+//!
+//! Lease 2 s everywhere (heartbeat 400 ms), poll 100 ms. Measured recovery
+//! times are printed (`cargo test fleet:: -- --nocapture`).
+use std::{
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use idemq::pg_cluster::{ClusterOptions, PgCluster};
+use idemq_core::operation::OperationId;
+use idemq_worker::reconciler::{self, ReconcilerConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+const LEASE: Duration = Duration::from_secs(2);
+/// Slack on top of the lease for "picked up by another worker" on a shared,
+/// loaded 2-core machine (measured recovery is lease + ~0.5 s).
+const MARGIN: Duration = Duration::from_secs(6);
+
+// ---------------------------------------------------------------- harness
+
+/// A real `idemq worker` process. Killed (SIGKILL) when dropped; its log is
+/// printed if the test is failing.
+struct WorkerProc {
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl WorkerProc {
+    fn spawn(db_url: &str, env: &[(&str, &str)]) -> WorkerProc {
+        let dir = std::env::temp_dir().join("idemq-fleet-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("worker-{}.log", uuid::Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(idemq_bin());
+        cmd.arg("worker")
+            .env("DATABASE_URL", db_url)
+            .env("IDEMQ_WORKER_LEASE", "2s")
+            .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+            .env("IDEMQ_WORKER_CONCURRENCY", "4")
+            .env("IDEMQ_QUEUE_BATCH_SIZE", "10")
+            .env("IDEMQ_DB_MAX_CONNECTIONS", "16")
+            .env("IDEMQ_CLEANUP_ENABLED", "false")
+            .env("IDEMQ_LOG_FORMAT", "pretty")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("NO_COLOR", "1");
+        for var in [
+            "IDEMQ_FAULT_PANIC_INVOICE",
+            "IDEMQ_FAULT_PANIC_ATTEMPTS",
+            "IDEMQ_JOB_MAX_ATTEMPTS",
+            "IDEMQ_JOB_TIMEOUT",
+            "IDEMQ_SHUTDOWN_GRACE",
+            "IDEMQ_DB_LOST_GRACE",
+            "IDEMQ_RECONCILE_INTERVAL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn idemq worker");
+        WorkerProc {
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        while !self.log_text().contains("worker ready") {
+            if let Some(status) = self.try_exit() {
+                panic!("worker exited before ready ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "worker not ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().unwrap();
+        }
+        self.exited
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        self.exited = Some(self.child.wait().unwrap());
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {}", self.pid());
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "worker {} still running after {within:?}:\n{}",
+                self.pid(),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!(
+                "--- worker {} log (last lines) ---\n{}",
+                self.child.id(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+fn op_uuid(id: &str) -> uuid::Uuid {
+    id.parse::<OperationId>().expect("an operation id").uuid()
+}
+
+async fn submit(app: &TestApp, invoice: &str, key: &str) -> String {
+    let r = app.mark_paid(invoice, key).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    op["id"].as_str().unwrap().to_owned()
+}
+
+/// (status, attempts) of an operation.
+async fn op_state(pool: &PgPool, id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status, attempts FROM operations WHERE id = $1")
+        .bind(op_uuid(id))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls the database (not the API) until the operation is final.
+async fn await_final_within(pool: &PgPool, id: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, _) = op_state(pool, id).await;
+        if status == "succeeded" || status == "failed" {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "operation {id} still {status} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `n` backends of this database sit in `pg_sleep` (the jobs
+/// are provably in flight).
+async fn await_sleepers(pool: &PgPool, n: i64) {
+    eventually(&format!("{n} jobs sleeping in the database"), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event = 'PgSleep'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                >= n
+        }
+    })
+    .await;
+}
+
+/// The pid of the worker process holding the operation's job, from the
+/// apalis worker name `queue@host-PID-ULID[.generation]`.
+async fn holder_pid(pool: &PgPool, id: &str) -> u32 {
+    let lock_by: Option<String> = sqlx::query_scalar(
+        "SELECT j.lock_by FROM apalis.jobs j JOIN operations o ON o.job_id = j.id WHERE o.id = $1",
+    )
+    .bind(op_uuid(id))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let lock_by = lock_by.expect("the job is locked by a worker");
+    let instance = lock_by.split_once('@').unwrap().1;
+    let mut parts = instance.rsplitn(3, '-');
+    let (_ulid, pid) = (parts.next(), parts.next().unwrap());
+    pid.parse().unwrap_or_else(|_| panic!("no pid in {lock_by}"))
+}
+
+/// A trigger on `invoices` that runs `body` (PL/pgSQL) before each update;
+/// `attempt` is the operation's attempt number.
+async fn invoice_trigger(pool: &PgPool, body: &str) {
+    let sql = format!(
+        "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $f$
+         DECLARE attempt integer;
+         BEGIN
+            SELECT attempts INTO attempt FROM operations WHERE id = NEW.paid_by_operation;
+            {body}
+            RETURN NEW;
+         END $f$;
+         CREATE TRIGGER test_fault BEFORE UPDATE ON invoices
+            FOR EACH ROW EXECUTE FUNCTION test_fault();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn assert_paid_once(pool: &PgPool, invoice: &str, op: &str) {
+    let (status, by): (String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT status, paid_by_operation FROM invoices WHERE id = $1")
+            .bind(invoice)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), by), ("PAID", Some(op_uuid(op))));
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE entity_id = $1")
+        .bind(invoice)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audits, 1, "audit entries of {invoice}");
+}
+
+// ---------------------------------------------------------------- crashes
+
+#[tokio::test]
+async fn a_job_held_by_a_killed_worker_is_finished_by_another_within_the_lease() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-held").await;
+    // The first attempt hangs in the database: the job is provably in flight.
+    invoice_trigger(&app.db.pool, "IF attempt = 1 THEN PERFORM pg_sleep(60); END IF;").await;
+    let mut a = WorkerProc::spawn(&app.db.url, &[]);
+    let mut b = WorkerProc::spawn(&app.db.url, &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    let op = submit(&app, "inv-held", "k-held").await;
+    await_sleepers(&app.db.pool, 1).await;
+    assert_eq!(op_state(&app.db.pool, &op).await, ("running".into(), 1));
+    let holder = holder_pid(&app.db.pool, &op).await;
+    let (victim, survivor) = if holder == a.pid() {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(victim.pid(), holder);
+
+    victim.kill9();
+    let recovered = await_final_within(&app.db.pool, &op, LEASE + MARGIN).await;
+    println!("recovery after SIGKILL of the holder: {recovered:?} (lease {LEASE:?})");
+
+    assert!(survivor.is_running());
+    assert_eq!(op_state(&app.db.pool, &op).await, ("succeeded".into(), 2));
+    assert_paid_once(&app.db.pool, "inv-held", &op).await;
+    let replay = app.mark_paid("inv-held", "k-held").await;
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_worker_every_time_stops_at_the_attempt_bound() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-killer").await;
+    invoice_trigger(&app.db.pool, "PERFORM pg_sleep(60);").await;
+    let env = [("IDEMQ_JOB_MAX_ATTEMPTS", "3")];
+    let op = submit(&app, "inv-killer", "k-killer").await;
+
+    let mut worker = WorkerProc::spawn(&app.db.url, &env);
+    let mut killed_at: Option<Instant> = None;
+    for attempt in 1..=3 {
+        eventually(&format!("attempt {attempt} in flight"), || {
+            let pool = app.db.pool.clone();
+            let op = op.clone();
+            async move { op_state(&pool, &op).await.1 == attempt }
+        })
+        .await;
+        await_sleepers(&app.db.pool, 1).await;
+        if let Some(t) = killed_at {
+            println!(
+                "attempt {attempt} started {:?} after the previous holder was killed",
+                t.elapsed()
+            );
+        }
+        // The job "kills its worker": the worker dies while it holds it.
+        worker.kill9();
+        killed_at = Some(Instant::now());
+        worker = WorkerProc::spawn(&app.db.url, &env);
+    }
+    await_final_within(&app.db.pool, &op, LEASE + MARGIN).await;
+
+    let done = app.await_final(&op).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["response"]["status"], 500);
+    assert_eq!(
+        done["response"]["body"]["type"],
+        "https://idemq.dev/problems/operation-failed"
+    );
+    // Three attempts ran; the fourth start found the bound and gave up.
+    assert_eq!(op_state(&app.db.pool, &op).await.1, 4);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM invoices WHERE status = 'UNPAID'")
+            .await,
+        1
+    );
+    assert!(worker.is_running());
+}
+
+// ---------------------------------------------------------------- chaos
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
+    const INVOICES: usize = 500;
+    const CLIENTS: usize = 8;
+    let app = Arc::new(spawn_app().await);
+    sqlx::query(
+        "INSERT INTO invoices (id, amount_cents) SELECT 'inv-' || g, 100 * g FROM generate_series(1, $1) g",
+    )
+    .bind(INVOICES as i32)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // Jobs take 50–200 ms, so that kills find them in flight.
+    invoice_trigger(&app.db.pool, "PERFORM pg_sleep(0.05 + random() * 0.15);").await;
+
+    let mut fleet: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(&app.db.url, &[])).collect();
+    for w in &mut fleet {
+        w.wait_ready().await;
+    }
+    let started = Instant::now();
+
+    // Clients: every invoice once, every third one repeated at once (same key).
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let app = app.clone();
+        let sent = sent.clone();
+        clients.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (1..=INVOICES).filter(|i| i % CLIENTS == c) {
+                let (invoice, key) = (format!("inv-{i}"), format!("key-{i}"));
+                let r = app.mark_paid(&invoice, &key).await;
+                assert_eq!(r.status(), StatusCode::ACCEPTED, "first request for {invoice}");
+                let op: Value = r.json().await.unwrap();
+                let id = op["id"].as_str().unwrap().to_owned();
+                if i % 3 == 0 {
+                    let again = app.mark_paid(&invoice, &key).await;
+                    assert!(
+                        matches!(again.status(), StatusCode::ACCEPTED | StatusCode::OK),
+                        "repeat for {invoice}: {}",
+                        again.status()
+                    );
+                    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+                }
+                ids.push((invoice, id));
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            ids
+        });
+    }
+
+    // Chaos: every 1–2 s, SIGKILL a worker and start a replacement.
+    let stop = CancellationToken::new();
+    let chaos = {
+        let stop = stop.clone();
+        let url = app.db.url.clone();
+        tokio::spawn(async move {
+            let mut kills = 0;
+            loop {
+                let pause = Duration::from_millis(rand::random_range(1000..=2000));
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                let victim = rand::random_range(0..fleet.len());
+                fleet[victim].kill9();
+                fleet[victim] = WorkerProc::spawn(&url, &[]);
+                kills += 1;
+            }
+            (fleet, kills)
+        })
+    };
+
+    let mut ops = Vec::new();
+    while let Some(joined) = clients.join_next().await {
+        ops.extend(joined.unwrap());
+    }
+    stop.cancel();
+    let (mut fleet, kills) = chaos.await.unwrap();
+    let submitted_in = started.elapsed();
+    assert_eq!(ops.len(), INVOICES);
+    assert!(kills >= 5, "only {kills} kills");
+
+    // Every operation finishes (the survivors rescue what the dead held).
+    let drain = Instant::now();
+    eventually_within("every operation finished", Duration::from_secs(40), || {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM operations WHERE status IN ('queued', 'running')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+    // Operations whose job died with its worker and was run again.
+    let rescued = app
+        .count("SELECT count(*) FROM operations WHERE attempts > 1")
+        .await;
+    println!(
+        "chaos: {} operations submitted in {submitted_in:?} with {kills} SIGKILLs; \
+         {rescued} of them re-run after their worker died; the last finished {:?} after the \
+         last request",
+        ops.len(),
+        drain.elapsed()
+    );
+    assert!(rescued >= 1, "no kill hit a job in flight");
+
+    let n = INVOICES as i64;
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, n);
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE status = 'succeeded' AND response_status = 200")
+            .await,
+        n
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM invoices WHERE status = 'PAID'")
+            .await,
+        n
+    );
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, n);
+    assert_eq!(
+        app.count("SELECT count(DISTINCT entity_id) FROM audit_log").await,
+        n
+    );
+    // Each invoice was paid by its own operation.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM invoices i JOIN operations o ON o.id = i.paid_by_operation
+             WHERE o.request->'params'->>'id' = i.id"
+        )
+        .await,
+        n
+    );
+    // Replays give the stored answer.
+    for (invoice, _) in ops.iter().step_by(50) {
+        let key = format!("key-{}", invoice.trim_start_matches("inv-"));
+        let r = app.mark_paid(invoice, &key).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "idempotent-replayed"), Some("true"));
+    }
+    // Nothing stuck in the queue either: orphans of the dead are re-run
+    // (and found finished) once their lease is over.
+    eventually_within("no job left in flight", LEASE + MARGIN, || {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+    for w in &mut fleet {
+        assert!(w.is_running(), "a worker died by itself:\n{}", w.log_text());
+    }
+}
+
+/// `eventually` with its own deadline.
+async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- database loss
+
+/// The API in-process on a database of a private cluster.
+struct OwnApi {
+    addr: String,
+    token: String,
+    client: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for OwnApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl OwnApi {
+    async fn mark_paid(&self, invoice: &str, key: &str) -> reqwest::Response {
+        self.client
+            .patch(format!("{}/invoices/{invoice}/mark-paid", self.addr))
+            .bearer_auth(&self.token)
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "paymentMethod": "card" }))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_lost() {
+    // Its own cluster: the shared one serves every other test.
+    let dir = std::env::temp_dir().join(format!(
+        "idemq-fleet-pg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let cluster = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            PgCluster::start(ClusterOptions {
+                data_dir: dir,
+                port: 0,
+                fast: true,
+            })
+        })
+        .await
+        .unwrap()
+        .expect("start a private cluster")
+    };
+    cluster.stop_when_process_exits(std::process::id(), true).unwrap();
+    let port = cluster.port();
+    let admin = PgPool::connect(&cluster.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE idemq")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = cluster.url("idemq");
+    let pool = PgPool::connect(&url).await.unwrap();
+    idemq_core::db::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO invoices (id) SELECT 'inv-' || g FROM generate_series(1, 100) g")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, token) = idemq_core::principal::create_token(&pool, "tester")
+        .await
+        .unwrap();
+
+    let api_pool = idemq_core::db::connect(&url, 10).await.unwrap();
+    let state = idemq_api::AppState::new(api_pool, &test_api_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = OwnApi {
+        addr: format!("http://{}", listener.local_addr().unwrap()),
+        token,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        stop: CancellationToken::new(),
+    };
+    tokio::spawn(idemq_api::serve(listener, state, api.stop.clone()));
+
+    // `steady` rides the outage out; `brittle` gives up after 2 s of it.
+    let mut steady = WorkerProc::spawn(&url, &[]);
+    let mut brittle = WorkerProc::spawn(&url, &[("IDEMQ_DB_LOST_GRACE", "2s")]);
+    steady.wait_ready().await;
+    brittle.wait_ready().await;
+
+    let mut accepted = Vec::new();
+    for i in 1..=30 {
+        let r = api.mark_paid(&format!("inv-{i}"), &format!("k-{i}")).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        accepted.push(i);
+    }
+    // Down, probably with jobs in flight.
+    pool.close().await;
+    let down = Instant::now();
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // While it is down: 503 problem+json, within the pool's acquire timeout;
+    // meanwhile the brittle worker exits non-zero and the steady one waits.
+    let refusals = async {
+        for i in 31..=32 {
+            let asked = Instant::now();
+            let r = api.mark_paid(&format!("inv-{i}"), &format!("k-{i}")).await;
+            assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                asked.elapsed() < Duration::from_secs(8),
+                "503 took {:?}",
+                asked.elapsed()
+            );
+            let problem: Value = r.json().await.unwrap();
+            assert_eq!(problem["type"], "https://idemq.dev/problems/service-unavailable");
+        }
+    };
+    let brittle_exit = async {
+        let status = brittle.wait_exit(Duration::from_secs(20)).await;
+        (status, down.elapsed())
+    };
+    let ((), (status, exited_after)) = tokio::join!(refusals, brittle_exit);
+    println!(
+        "worker with IDEMQ_DB_LOST_GRACE=2s exited ({status}) {exited_after:?} after the database went down"
+    );
+    assert!(!status.success(), "{status}");
+    assert!(
+        brittle.log_text().contains("IDEMQ_DB_LOST_GRACE"),
+        "{}",
+        brittle.log_text()
+    );
+    assert!(steady.is_running(), "{}", steady.log_text());
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        PgCluster::start(ClusterOptions {
+            data_dir: dir,
+            port,
+            fast: true,
+        })
+    })
+    .await
+    .unwrap()
+    .expect("restart the private cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).unwrap();
+    let back = Instant::now();
+    println!("database was down for {:?}", down.elapsed());
+
+    // Up again: the API accepts at once, the steady worker reconnects.
+    for i in 34..=50 {
+        let r = api.mark_paid(&format!("inv-{i}"), &format!("k-{i}")).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "after the restart");
+        accepted.push(i);
+    }
+    let pool = PgPool::connect(&url).await.unwrap();
+    eventually_within(
+        "every accepted operation finished",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM operations WHERE status IN ('queued', 'running')",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 0
+            }
+        },
+    )
+    .await;
+    println!(
+        "all accepted operations finished {:?} after the database came back",
+        back.elapsed()
+    );
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    let n = accepted.len() as i64;
+    assert_eq!(
+        count("SELECT count(*) FROM operations").await,
+        n,
+        "nothing recorded for the 503s"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM operations WHERE status = 'succeeded'").await,
+        n
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM invoices WHERE status = 'PAID'").await,
+        n
+    );
+    assert_eq!(count("SELECT count(*) FROM audit_log").await, n);
+    assert!(steady.is_running(), "{}", steady.log_text());
+    assert!(
+        steady
+            .log_text()
+            .contains("restarting the worker loop under a new name"),
+        "{}",
+        steady.log_text()
+    );
+    // A key refused with 503 was recorded nowhere: it works now.
+    let r = api.mark_paid("inv-31", "k-31").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "idempotent-replayed"), None);
+    pool.close().await;
+    drop(steady);
+    let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+}
+
+// ---------------------------------------------------------------- job faults
+
+#[tokio::test]
+async fn a_poison_job_stops_at_the_bound_with_a_stored_500_that_replays_and_no_hot_loop() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-poison").await;
+    sqlx::query("CREATE SEQUENCE poison_runs")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    // An infrastructure error on every attempt (the sequence survives the rollback).
+    invoice_trigger(
+        &app.db.pool,
+        "PERFORM nextval('poison_runs'); RAISE EXCEPTION 'injected infrastructure fault';",
+    )
+    .await;
+    let _worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_JOB_MAX_ATTEMPTS", "3")]);
+
+    let op = submit(&app, "inv-poison", "k-poison").await;
+    let done = app.await_final(&op).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["response"]["status"], 500);
+    assert_eq!(
+        done["response"]["body"]["type"],
+        "https://idemq.dev/problems/operation-failed"
+    );
+    // Exactly three attempts, spaced by the backoff (≥ 50 ms + 100 ms), and
+    // no more later.
+    let (attempts, took): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, extract(epoch FROM finished_at - created_at)::float8 FROM operations",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 3);
+    assert!((0.15..10.0).contains(&took), "took {took}s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.count("SELECT last_value FROM poison_runs").await, 3);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+            .await,
+        1
+    );
+
+    let replay = app.mark_paid("inv-poison", "k-poison").await;
+    assert_problem(&replay, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(body, done["response"]["body"]);
+}
+
+#[tokio::test]
+async fn a_hung_job_times_out_and_a_panicking_job_is_retried_while_the_worker_serves_others() {
+    let app = spawn_app().await;
+    for id in ["inv-hang", "inv-panic", "inv-plain"] {
+        app.insert_invoice(id).await;
+    }
+    invoice_trigger(
+        &app.db.pool,
+        "IF NEW.id = 'inv-hang' AND attempt = 1 THEN PERFORM pg_sleep(60); END IF;",
+    )
+    .await;
+    let mut worker = WorkerProc::spawn(
+        &app.db.url,
+        &[
+            ("IDEMQ_JOB_TIMEOUT", "1s"),
+            ("IDEMQ_FAULT_PANIC_INVOICE", "inv-panic"),
+            ("IDEMQ_FAULT_PANIC_ATTEMPTS", "1"),
+        ],
+    );
+    worker.wait_ready().await;
+
+    let hang = submit(&app, "inv-hang", "k-hang").await;
+    let panic = submit(&app, "inv-panic", "k-panic").await;
+    let plain = submit(&app, "inv-plain", "k-plain").await;
+
+    for op in [&hang, &panic, &plain] {
+        assert_eq!(app.await_final(op).await["status"], "succeeded", "{op}");
+    }
+    assert_eq!(
+        op_state(&app.db.pool, &hang).await.1,
+        2,
+        "hung once, timed out, retried"
+    );
+    assert_eq!(
+        op_state(&app.db.pool, &panic).await.1,
+        2,
+        "panicked once, retried"
+    );
+    assert_eq!(op_state(&app.db.pool, &plain).await.1, 1);
+    let took: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM operations WHERE id = $1",
+    )
+    .bind(op_uuid(&hang))
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    // The time limit, not the 60 s sleep: Postgres dropped the statement too.
+    assert!((1.0..15.0).contains(&took), "hung job took {took}s");
+    for (invoice, op) in [("inv-hang", &hang), ("inv-panic", &panic), ("inv-plain", &plain)] {
+        assert_paid_once(&app.db.pool, invoice, op).await;
+    }
+    assert!(worker.is_running());
+    let log = worker.log_text();
+    assert!(log.contains("fault injection armed"), "{log}");
+    assert!(log.contains("panicked"), "{log}");
+    // The worker's time limit or Postgres's statement_timeout (the same 1 s),
+    // whichever noticed first.
+    assert!(
+        log.contains("timed out after 1s") || log.contains("statement timeout"),
+        "{log}"
+    );
+}
+
+// ---------------------------------------------------------------- stopping
+
+#[tokio::test]
+async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
+    let app = spawn_app().await;
+    for i in 1..=4 {
+        app.insert_invoice(&format!("inv-{i}")).await;
+    }
+    invoice_trigger(
+        &app.db.pool,
+        "IF NEW.id <> 'inv-4' THEN PERFORM pg_sleep(2); END IF;",
+    )
+    .await;
+    let mut worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "20s")]);
+    worker.wait_ready().await;
+    let mut ops = Vec::new();
+    for i in 1..=3 {
+        ops.push(submit(&app, &format!("inv-{i}"), &format!("k-{i}")).await);
+    }
+    await_sleepers(&app.db.pool, 3).await;
+
+    let asked = Instant::now();
+    worker.sigterm();
+    // Taken after the signal: must wait for another worker.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = submit(&app, "inv-4", "k-4").await;
+    let status = worker.wait_exit(Duration::from_secs(15)).await;
+    println!(
+        "SIGTERM with 3 jobs in flight: exit {status} after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{}", worker.log_text());
+
+    for op in &ops {
+        assert_eq!(op_state(&app.db.pool, op).await, ("succeeded".into(), 1));
+    }
+    assert_eq!(op_state(&app.db.pool, &late).await, ("queued".into(), 0));
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+            .await,
+        0,
+        "nothing left running"
+    );
+    // The next worker takes the late one.
+    let _next = WorkerProc::spawn(&app.db.url, &[]);
+    assert_eq!(app.await_final(&late).await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_exits_non_zero_and_the_job_is_rescued() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-stuck").await;
+    invoice_trigger(&app.db.pool, "IF attempt = 1 THEN PERFORM pg_sleep(60); END IF;").await;
+    let mut worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "1s")]);
+    worker.wait_ready().await;
+    let op = submit(&app, "inv-stuck", "k-stuck").await;
+    await_sleepers(&app.db.pool, 1).await;
+
+    let asked = Instant::now();
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(10)).await;
+    println!(
+        "SIGTERM past a 1s grace: exit {status} after {:?}",
+        asked.elapsed()
+    );
+    assert!(!status.success(), "{status}");
+    assert!(worker.log_text().contains("IDEMQ_SHUTDOWN_GRACE"));
+
+    let _next = WorkerProc::spawn(&app.db.url, &[]);
+    let rescued = await_final_within(&app.db.pool, &op, LEASE + MARGIN + Duration::from_secs(2)).await;
+    println!("job left by the late worker rescued {rescued:?} after it exited");
+    assert_eq!(op_state(&app.db.pool, &op).await, ("succeeded".into(), 2));
+    assert_paid_once(&app.db.pool, "inv-stuck", &op).await;
+}
+
+// ---------------------------------------------------------------- reconciler
+
+async fn job_of(pool: &PgPool, op: &str) -> String {
+    sqlx::query_scalar("SELECT job_id FROM operations WHERE id = $1")
+        .bind(op_uuid(op))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_reconciler_redrives_lost_jobs_and_finishes_dead_ones_once_per_tick() {
+    let app = spawn_app().await; // no worker yet: everything stays queued
+    for id in ["inv-gone", "inv-dead", "inv-done", "inv-fine", "inv-later"] {
+        app.insert_invoice(id).await;
+    }
+    let gone = submit(&app, "inv-gone", "k-gone").await;
+    let dead = submit(&app, "inv-dead", "k-dead").await;
+    let done = submit(&app, "inv-done", "k-done").await;
+    let fine = submit(&app, "inv-fine", "k-fine").await;
+    let pool = &app.db.pool;
+    // Job row deleted by hand.
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
+        .bind(job_of(pool, &gone).await)
+        .execute(pool)
+        .await
+        .unwrap();
+    // Job dead, attempts used up.
+    sqlx::query("UPDATE apalis.jobs SET status = 'Killed' WHERE id = $1")
+        .bind(job_of(pool, &dead).await)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE operations SET attempts = 8, status = 'running' WHERE id = $1")
+        .bind(op_uuid(&dead))
+        .execute(pool)
+        .await
+        .unwrap();
+    // Job `Done` while the operation is not.
+    sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1")
+        .bind(job_of(pool, &done).await)
+        .execute(pool)
+        .await
+        .unwrap();
+    let old_gone_job = job_of(pool, &gone).await;
+
+    let cfg = ReconcilerConfig::new(
+        Duration::from_secs(1),
+        Duration::ZERO,
+        8,
+        100,
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let report = reconciler::run_once(pool, &cfg).await.unwrap();
+    assert_eq!(report.candidates, 3, "{report:?}");
+    assert_eq!(
+        (
+            report.requeued_missing,
+            report.requeued_dead,
+            report.requeued_done,
+            report.failed_exhausted
+        ),
+        (1, 0, 1, 1),
+        "{report:?}"
+    );
+    assert_ne!(job_of(pool, &gone).await, old_gone_job, "a new job");
+    assert_eq!(op_state(pool, &fine).await, ("queued".into(), 0), "left alone");
+    let failed = app.await_final(&dead).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["response"]["status"], 500);
+    assert_eq!(
+        failed["response"]["body"]["type"],
+        "https://idemq.dev/problems/operation-failed"
+    );
+    let replay = app.mark_paid("inv-dead", "k-dead").await;
+    assert_problem(&replay, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+    // Nothing left to do.
+    assert_eq!(
+        reconciler::run_once(pool, &cfg).await.unwrap(),
+        Default::default()
+    );
+
+    // Once per tick for the whole fleet.
+    let tick = reconciler::tick_of(chrono::Utc::now(), Duration::from_secs(3600));
+    assert!(reconciler::run_tick(pool, &cfg, "one", tick)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(reconciler::run_tick(pool, &cfg, "two", tick)
+        .await
+        .unwrap()
+        .is_none());
+
+    // One more lost job, for the worker process's own reconciler (every
+    // second here, so an operation is stale after one second).
+    let later = submit(&app, "inv-later", "k-later").await;
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
+        .bind(job_of(pool, &later).await)
+        .execute(pool)
+        .await
+        .unwrap();
+    let _worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_RECONCILE_INTERVAL", "1s")]);
+    for op in [&gone, &done, &fine, &later] {
+        assert_eq!(app.await_final(op).await["status"], "succeeded", "{op}");
+    }
+    let acted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM duty_ticks WHERE duty = 'reconciler' AND finished_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(acted >= 1);
+    for (invoice, op) in [
+        ("inv-gone", &gone),
+        ("inv-done", &done),
+        ("inv-fine", &fine),
+        ("inv-later", &later),
+    ] {
+        assert_paid_once(pool, invoice, op).await;
+    }
+}
