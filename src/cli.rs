@@ -88,6 +88,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal();
             let listeners = bind_api(&api).await?;
             println!("api listening on http://{}", listeners.api_addr()?);
+            if let Some(ops) = listeners.ops_addr() {
+                println!("ops listening on http://{ops}");
+            }
             serve_api(listeners, pool, &api, cli.shared.idempotency_ttl, shutdown).await
         }
         Command::Worker { worker } => {

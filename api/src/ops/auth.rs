@@ -33,13 +33,95 @@ fn presented(req: &Request) -> Option<(String, String)> {
     None
 }
 
+/// Session cookie set after a basic-auth login, so that a browser page
+/// opened as `http://user:token@host/` (whose scripts may not `fetch` with
+/// credentials in the URL) can call the board's API. Its value is the
+/// SHA-256 of the token, never the token.
+pub const SESSION_COOKIE: &str = "idemq_ops";
+
+fn session_value(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn cookie(req: &Request) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(SESSION_COOKIE)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        })
+}
+
 pub async fn require_ops_token(State(token): State<Arc<str>>, mut req: Request, next: Next) -> Response {
-    match presented(&req) {
-        Some((who, secret)) if bool::from(secret.as_bytes().ct_eq(token.as_bytes())) && !token.is_empty() => {
+    let session = session_value(&token);
+    let by_cookie = cookie(&req).is_some_and(|c| bool::from(c.as_bytes().ct_eq(session.as_bytes())));
+    let by_header = match presented(&req) {
+        Some((who, secret)) if !token.is_empty() && bool::from(secret.as_bytes().ct_eq(token.as_bytes())) => {
+            Some(who)
+        }
+        _ => None,
+    };
+    match (by_header, by_cookie) {
+        (Some(who), had_cookie) => {
+            let navigate = req
+                .headers()
+                .get("sec-fetch-mode")
+                .is_some_and(|m| m == "navigate");
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned);
+            let target = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into());
+            let scheme = match req
+                .headers()
+                .get("x-forwarded-proto")
+                .and_then(|p| p.to_str().ok())
+            {
+                Some("https") => "https",
+                _ => "http",
+            };
             req.extensions_mut().insert(Operator(who));
+            let mut response = match (had_cookie, navigate, host) {
+                // A browser's first page: set the session and reload the same
+                // page from a URL without credentials.
+                (false, true, Some(host)) => {
+                    let mut r = Response::new(axum::body::Body::empty());
+                    *r.status_mut() = axum::http::StatusCode::SEE_OTHER;
+                    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{target}")) {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    r
+                }
+                _ => next.run(req).await,
+            };
+            if !had_cookie {
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict"
+                )) {
+                    response.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            response
+        }
+        (None, true) => {
+            req.extensions_mut().insert(Operator("ops-session".into()));
             next.run(req).await
         }
-        _ => {
+        (None, false) => {
             let mut r = problem_response(&ApiError::Unauthorized.problem());
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -1,0 +1,230 @@
+//! Metrics, logs and alert rules as an operator sees them (issue 7): the real
+//! `idemq api` process, scraped and its log read.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const OPS_TOKEN: &str = "ops-observability";
+
+struct Api {
+    child: Child,
+    url: String,
+    ops: String,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_api(db_url: &str, log: &std::path::Path) -> Api {
+    let mut child = Command::new(idemq_bin())
+        .arg("api")
+        .env("DATABASE_URL", db_url)
+        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
+        .env("IDEMQ_RATE_LIMIT_ENABLED", "false")
+        .env("IDEMQ_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut ops) = (None, None);
+    while url.is_none() || ops.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("idemq api printed its addresses");
+        if let Some(u) = line.strip_prefix("api listening on ") {
+            url = Some(u.to_owned());
+        }
+        if let Some(u) = line.strip_prefix("ops listening on ") {
+            ops = Some(u.to_owned());
+        }
+    }
+    Api {
+        child,
+        url: url.unwrap(),
+        ops: ops.unwrap(),
+    }
+}
+
+/// The value of one sample line of the Prometheus text, e.g.
+/// `idemq_idempotent_replays_total` or `name{a="b"}`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
+    let db = fresh_db().await;
+    let (_, token) = idemq_core::principal::create_token(&db.pool, "observer")
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO invoices (id) VALUES ('1')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
+    let api = spawn_api(&db.url, &log);
+    let client = reqwest::Client::new();
+
+    let scrape = || async {
+        let r = client
+            .get(format!("{}/metrics", api.ops))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    // Every counter is there at 0 before its first event.
+    for series in [
+        "idemq_idempotent_replays_total",
+        "idemq_idempotency_key_reused_total",
+        "idemq_idempotency_key_missing_total",
+        "idemq_rate_limited_total{class=\"sensitive\"}",
+        "idemq_jobs_total{kind=\"invoice.mark_paid\",outcome=\"succeeded\"}",
+        "idemq_cleanup_deleted_total{table=\"operations\"}",
+        "idemq_reconciler_actions_total{action=\"reenqueued\"}",
+    ] {
+        assert_eq!(sample(&before, series), Some(0.0), "{series} in\n{before}");
+    }
+
+    let send = |key: Option<&str>, body: Value| {
+        let mut r = client
+            .patch(format!("{}/invoices/1/mark-paid", api.url))
+            .bearer_auth(&token)
+            .json(&body);
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        r.send()
+    };
+    let card = serde_json::json!({ "paymentMethod": "card" });
+    assert_eq!(
+        send(Some("k1"), card.clone()).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let replay = send(Some("k1"), card.clone()).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let reused = send(Some("k1"), serde_json::json!({ "paymentMethod": "cash" }))
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        send(None, card.clone()).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    let after = scrape().await;
+    assert_eq!(sample(&after, "idemq_idempotent_replays_total"), Some(1.0));
+    assert_eq!(sample(&after, "idemq_idempotency_key_reused_total"), Some(1.0));
+    assert_eq!(sample(&after, "idemq_idempotency_key_missing_total"), Some(1.0));
+    assert_eq!(
+        sample(
+            &after,
+            "idemq_http_requests_total{route=\"/invoices/{id}/mark-paid\",status=\"202\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "idemq_http_request_duration_seconds_count{route=\"/invoices/{id}/mark-paid\"}"
+        ),
+        Some(4.0)
+    );
+
+    // The queue gauges come from a timer, not the scrape: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = scrape().await;
+        if sample(&m, "idemq_queue_jobs{queue=\"payments\",state=\"Pending\"}") == Some(1.0) {
+            assert_eq!(sample(&m, "idemq_operations{status=\"queued\"}"), Some(1.0));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue gauges never showed the job:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    drop(api);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(logs.contains("IDEMPOTENT"), "{logs}");
+    assert!(!logs.contains(&token), "the token leaked into the log");
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(!logs.contains(&hash), "the token hash leaked into the log");
+    assert!(!logs.contains("paymentMethod"), "a body leaked into the log");
+    // Production logs are JSON, one object a line.
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[test]
+fn alert_rules_name_only_metrics_we_export() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/alerts.yml")).unwrap();
+    let exported = [
+        "idemq_operations",
+        "idemq_rate_limited_total",
+        "idemq_lock_wait_seconds_bucket",
+        "idemq_idempotency_key_missing_total",
+        "idemq_http_requests_total",
+    ];
+    let mut alerts = 0;
+    for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if token.starts_with("idemq_") {
+            assert!(
+                exported.contains(&token),
+                "alerts.yml names {token}, which we do not export"
+            );
+        }
+    }
+    alerts += rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert_eq!(alerts, 4, "the four alerts of the deployment guide");
+    // promtool, when installed, checks the syntax properly (CI installs it).
+    if let Ok(out) = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/alerts.yml"))
+        .output()
+    {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
