@@ -22,12 +22,15 @@
 //!
 //! It runs every `IDEMQ_RECONCILE_INTERVAL` in every worker process, but once
 //! per tick for the whole fleet (`idemq_core::duty`). Every action is logged
-//! with the word `reconciler` and counted in the report, which is also stored
+//! with the word `reconciler`, counted in `idemq_reconciler_actions_total
+//! {action="reenqueued"|"failed"}` and in the report, which is also stored
 //! with the tick in `duty_ticks.result`.
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use idemq_core::{config::WorkerConfig, duty, job, operation::OperationId, queue, Error};
+use idemq_core::{
+    config::WorkerConfig, duty, job, operation::OperationId, queue, telemetry::RECONCILER_ACTIONS, Error,
+};
 use serde::Serialize;
 use sqlx::types::Uuid;
 use sqlx::PgPool;
@@ -210,6 +213,7 @@ async fn reconcile_one(
             tracing::warn!(operation = %op, job = old_job, ?state, attempts,
                 "reconciler: attempts used up; operation finished failed with a stored 500");
             report.failed_exhausted += 1;
+            metrics::counter!(RECONCILER_ACTIONS, "action" => "failed").increment(1);
         } else {
             report.skipped += 1;
         }
@@ -225,6 +229,7 @@ async fn reconcile_one(
     tx.commit().await?;
     tracing::warn!(operation = %op, old_job, new_job = %job_id, queue = queue_name, ?state, attempts,
         "reconciler: job missing, dead or done too early; operation re-enqueued");
+    metrics::counter!(RECONCILER_ACTIONS, "action" => "reenqueued").increment(1);
     match state {
         JobState::Missing => report.requeued_missing += 1,
         JobState::Dead => report.requeued_dead += 1,
