@@ -53,7 +53,7 @@ impl WorkerProc {
             .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
             .env("IDEMQ_WORKER_CONCURRENCY", "4")
             .env("IDEMQ_QUEUE_BATCH_SIZE", "10")
-            .env("IDEMQ_DB_MAX_CONNECTIONS", "16")
+            .env("IDEMQ_DB_MAX_CONNECTIONS", "20")
             .env("IDEMQ_CLEANUP_ENABLED", "false")
             .env("IDEMQ_LOG_FORMAT", "pretty")
             .env("RUST_LOG", "info,sqlx=warn")
@@ -415,11 +415,13 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
         });
     }
 
-    // Chaos: every 1–2 s, SIGKILL a worker and start a replacement.
+    // Chaos: every 1–2 s, SIGKILL a worker — one holding a job when there
+    // is one — and start a replacement.
     let stop = CancellationToken::new();
     let chaos = {
         let stop = stop.clone();
         let url = app.db.url.clone();
+        let pool = app.db.pool.clone();
         tokio::spawn(async move {
             let mut kills = 0;
             loop {
@@ -428,7 +430,16 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}
                 }
-                let victim = rand::random_range(0..fleet.len());
+                let holders: Vec<String> = sqlx::query_scalar(
+                    "SELECT lock_by FROM apalis.jobs WHERE status = 'Running' AND lock_by IS NOT NULL",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let victim = fleet
+                    .iter()
+                    .position(|w| holders.iter().any(|h| h.contains(&format!("-{}-", w.pid()))))
+                    .unwrap_or_else(|| rand::random_range(0..fleet.len()));
                 fleet[victim].kill9();
                 fleet[victim] = WorkerProc::spawn(&url, &[]);
                 kills += 1;
@@ -895,8 +906,12 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
 
     let asked = Instant::now();
     worker.sigterm();
-    // Taken after the signal: must wait for another worker.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Submitted once the worker is stopping: it must wait for another worker.
+    while !worker.log_text().contains("stopping: no new jobs") {
+        assert!(asked.elapsed() < DEADLINE, "{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let late = submit(&app, "inv-4", "k-4").await;
     let status = worker.wait_exit(Duration::from_secs(15)).await;
     println!(
