@@ -41,6 +41,14 @@ pub enum Command {
     Worker {
         #[command(flatten)]
         worker: WorkerConfig,
+        /// When set, a listener for supervisors and Prometheus: `/healthz`,
+        /// `/readyz` (database reachable) and `/metrics` (this worker's jobs).
+        #[arg(
+            long,
+            env = "IDEMQ_WORKER_HEALTH_ADDR",
+            value_name = "IDEMQ_WORKER_HEALTH_ADDR"
+        )]
+        health_addr: Option<std::net::SocketAddr>,
     },
     /// Apply migrations (apalis's and ours) and exit.
     Migrate,
@@ -93,9 +101,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve_api(listeners, pool, &api, cli.shared.idempotency_ttl, shutdown).await
         }
-        Command::Worker { worker } => {
+        Command::Worker { worker, health_addr } => {
             let pool = connect(&cli.db).await?;
             let shutdown = shutdown_on_signal();
+            if let Some(addr) = health_addr {
+                crate::worker_health::spawn(addr, pool.clone(), shutdown.clone()).await?;
+            }
             let settings = idemq_worker::WorkerSettings {
                 config: worker,
                 idempotency_ttl: cli.shared.idempotency_ttl,

@@ -4,3 +4,4 @@ pub mod cli;
 pub mod dev;
 pub mod pg_cluster;
 pub mod telemetry;
+pub mod worker_health;

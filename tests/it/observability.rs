@@ -164,8 +164,10 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let m = scrape().await;
-        if sample(&m, "idemq_queue_jobs{queue=\"payments\",state=\"Pending\"}") == Some(1.0) {
-            assert_eq!(sample(&m, "idemq_operations{status=\"queued\"}"), Some(1.0));
+        // Both gauges of one refresh (a scrape may fall between the two).
+        if sample(&m, "idemq_queue_jobs{queue=\"payments\",state=\"Pending\"}") == Some(1.0)
+            && sample(&m, "idemq_operations{status=\"queued\"}") == Some(1.0)
+        {
             break;
         }
         assert!(
@@ -227,4 +229,82 @@ fn alert_rules_name_only_metrics_we_export() {
     {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+#[tokio::test]
+async fn a_worker_process_exposes_its_job_metrics_and_health() {
+    let app = spawn_app().await;
+    app.insert_invoice("1").await;
+    let port = idemq::pg_cluster::free_port().unwrap();
+    let mut child = Command::new(idemq_bin())
+        .arg("worker")
+        .env("DATABASE_URL", &app.db.url)
+        .env("IDEMQ_WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"))
+        .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(std::mem::replace(
+        &mut child,
+        Command::new("true").spawn().unwrap(),
+    ));
+
+    let op: Value = app.mark_paid("1", "k").await.json().await.unwrap();
+    assert_eq!(
+        app.await_final(op["id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let m = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "idemq_jobs_total{kind=\"invoice.mark_paid\",outcome=\"succeeded\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "idemq_job_duration_seconds_count{kind=\"invoice.mark_paid\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "idemq_lock_wait_seconds_count{kind=\"invoice.mark_paid\"}"),
+        Some(1.0)
+    );
 }

@@ -15,8 +15,10 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::{BoxDynError, Data};
 use idemq_core::{
     job::{self, AttemptResult},
+    operation::OperationStatus,
     operation::{OperationId, OperationKind},
     queue::JobPayload,
+    telemetry::{JOBS, JOB_DURATION},
     Error,
 };
 use rand::Rng;
@@ -104,12 +106,14 @@ impl JobRunner {
     }
 
     pub async fn run(&self, op: OperationId) -> Result<(), JobError> {
+        let started = std::time::Instant::now();
         let mut unreachable = 0u32;
         loop {
             let attempt = match job::start_attempt(&self.pool, op).await {
                 Ok(Some(a)) => a,
                 Ok(None) => {
                     tracing::info!("operation already finished or gone: redelivery, nothing to do");
+                    metrics::counter!(JOBS, "kind" => "unknown", "outcome" => "redelivered").increment(1);
                     return Ok(());
                 }
                 // The database is unreachable: no attempt was counted. Wait
@@ -125,24 +129,35 @@ impl JobRunner {
                 }
             };
             let number = u32::try_from(attempt.number).unwrap_or(u32::MAX);
+            let kind = attempt.kind.as_str();
             if number > self.max_attempts {
+                record_job(kind, "exhausted", started);
                 return self.give_up(op, attempt.number).await;
             }
             let span = tracing::info_span!("attempt", kind = attempt.kind.as_str(), attempt = number);
             match self.attempt_once(op, attempt.kind, number).instrument(span).await {
                 Ok(result) => {
-                    tracing::info!(?result, kind = attempt.kind.as_str(), "job done");
+                    tracing::info!(?result, kind, "job done");
+                    let outcome = match result {
+                        AttemptResult::Finished(OperationStatus::Succeeded) => "succeeded",
+                        AttemptResult::Finished(_) => "refused",
+                        _ => "redelivered",
+                    };
+                    record_job(kind, outcome, started);
                     return Ok(());
                 }
                 Err(AttemptError::Permanent(reason)) => {
                     tracing::error!(reason, "job cannot succeed; finishing it failed");
+                    record_job(kind, "exhausted", started);
                     return self.give_up(op, attempt.number).await;
                 }
                 Err(AttemptError::Retry(reason)) => {
                     if number >= self.max_attempts {
                         tracing::error!(reason, attempt = number, "last attempt failed");
+                        record_job(kind, "exhausted", started);
                         return self.give_up(op, attempt.number).await;
                     }
+                    metrics::counter!(JOBS, "kind" => kind, "outcome" => "retried").increment(1);
                     let delay = backoff(number);
                     tracing::warn!(reason, attempt = number, ?delay, "attempt failed; retrying");
                     self.pause(delay).await?;
@@ -191,6 +206,12 @@ impl JobRunner {
         }
         Ok(())
     }
+}
+
+/// `idemq_jobs_total{kind,outcome}` and `idemq_job_duration_seconds{kind}`.
+fn record_job(kind: &'static str, outcome: &'static str, started: std::time::Instant) {
+    metrics::counter!(JOBS, "kind" => kind, "outcome" => outcome).increment(1);
+    metrics::histogram!(JOB_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
 }
 
 enum AttemptError {
