@@ -274,7 +274,7 @@ async fn cancel_of_a_queued_operation_stores_409_and_its_job_changes_nothing() {
 
 /// Headless Chromium (Debian's `chromium`; `.ci/run` installs it) opens the
 /// dashboard and the operations page with credentials, as a person would.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_opens_the_dashboard_and_the_operations_page() {
     let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -283,13 +283,16 @@ async fn a_browser_opens_the_dashboard_and_the_operations_page() {
         eprintln!("SKIPPED: no chromium on this machine (.ci/run installs it)");
         return;
     };
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let ops = spawn_ops(&app).await;
     app.insert_invoice("1").await;
     let op: Value = app.mark_paid("1", "browser").await.json().await.unwrap();
+    // A worker registers itself on every queue, so the board knows them all.
+    app.start_worker().await;
+    app.await_final(op["id"].as_str().unwrap()).await;
     let host = ops.addr.trim_start_matches("http://").to_owned();
 
-    let dump = |path: &'static str| {
+    let dump = |path: &'static str, wait: &'static str| {
         let url = format!("http://operator:{OPS_TOKEN}@{host}{path}");
         let chromium = chromium.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -307,7 +310,7 @@ async fn a_browser_opens_the_dashboard_and_the_operations_page() {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--disable-sync",
-                    "--timeout=5000",
+                    wait,
                     "--dump-dom",
                 ])
                 .arg(format!("--user-data-dir={}", profile.display()))
@@ -319,12 +322,16 @@ async fn a_browser_opens_the_dashboard_and_the_operations_page() {
         })
     };
     // The operations page, server-rendered: our operation is listed.
-    let page = dump("/ops/operations").await.unwrap();
+    let page = dump("/ops/operations", "--timeout=5000").await.unwrap();
     assert!(page.contains(op["id"].as_str().unwrap()), "{page}");
     assert!(page.contains("invoice.mark_paid"), "{page}");
-    // The dashboard: the board's application is served behind our auth.
-    let board = dump("/").await.unwrap();
+    // The dashboard: the board's (WebAssembly) application runs behind our
+    // auth, calls its API and renders our queues.
+    let board = dump("/", "--virtual-time-budget=10000").await.unwrap();
     assert!(board.contains("Apalis Board"), "{board}");
+    for queue in ["payments", "approvals", "meter_readings"] {
+        assert!(board.contains(queue), "{queue} not rendered:\n{board}");
+    }
     // Without credentials the browser gets nothing of it.
     let url = format!("http://{host}/ops/operations");
     let out = std::process::Command::new("timeout")

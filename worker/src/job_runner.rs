@@ -131,8 +131,10 @@ impl JobRunner {
             let number = u32::try_from(attempt.number).unwrap_or(u32::MAX);
             let kind = attempt.kind.as_str();
             if number > self.max_attempts {
+                // Started past the bound (earlier attempts killed their
+                // workers): this one does not run, so it does not count.
                 record_job(kind, "exhausted", started);
-                return self.give_up(op, attempt.number).await;
+                return self.give_up(op, attempt.number - 1).await;
             }
             let span = tracing::info_span!("attempt", kind = attempt.kind.as_str(), attempt = number);
             match self.attempt_once(op, attempt.kind, number).instrument(span).await {

@@ -14,7 +14,7 @@ use axum::{
     extract::Request,
     http::Method,
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     Extension, Router,
 };
 use idemq_core::{problem::Problem, queue, queue::JobPayload};
@@ -37,6 +37,12 @@ pub fn router(pool: &PgPool) -> Router {
 
 async fn read_only(req: Request, next: Next) -> Response {
     let path = req.uri().path();
+    // The board's live-log stream: we do not feed it our logs (they stay in
+    // our own pipeline), and an endless empty stream keeps browsers busy.
+    // 204 tells an EventSource not to reconnect.
+    if path == "/api/v1/events" {
+        return axum::http::StatusCode::NO_CONTENT.into_response();
+    }
     if path.starts_with("/api/v1") && !matches!(*req.method(), Method::GET | Method::HEAD) {
         tracing::warn!(method = %req.method(), path, "ops: refused a write to the board API");
         return problem_response(
