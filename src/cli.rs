@@ -102,7 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve_api(listeners, pool, &api, cli.shared.idempotency_ttl, shutdown).await
         }
         Command::Worker { worker, health_addr } => {
-            let pool = connect(&cli.db).await?;
+            let pool = connect_sized(&cli.db, cli.db.worker_pool(&worker)).await?;
             let shutdown = shutdown_on_signal();
             if let Some(addr) = health_addr {
                 crate::worker_health::spawn(addr, pool.clone(), shutdown.clone()).await?;
@@ -167,12 +167,17 @@ pub fn cleanup_table(report: &idemq_worker::cleanup::CleanupReport) -> String {
     out
 }
 
+/// A pool of `db.api_pool()` connections (use `connect_sized` otherwise).
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    connect_sized(db, db.api_pool()).await
+}
+
+pub async fn connect_sized(db: &DatabaseConfig, max_connections: u32) -> anyhow::Result<PgPool> {
     let url = db
         .database_url
         .as_deref()
         .context("DATABASE_URL is not set (only `idemq dev` can do without it)")?;
-    connect_url(url, db.db_max_connections).await
+    connect_url(url, max_connections).await
 }
 
 pub async fn connect_url(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -68,7 +68,11 @@ async fn run_on(
     api: ApiConfig,
     worker: WorkerConfig,
 ) -> anyhow::Result<()> {
-    let pool = crate::cli::connect_url(url, db.db_max_connections).await?;
+    // One process serves both: the API's pool and a worker's.
+    let size = db
+        .db_max_connections
+        .unwrap_or(db.api_pool() + db.worker_pool(&worker));
+    let pool = crate::cli::connect_url(url, size).await?;
     idemq_core::db::migrate(&pool).await.context("migrating")?;
     idemq_core::seed::seed(&pool, 10, 3, 2)
         .await

@@ -11,14 +11,14 @@ pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
 pub const DEFAULT_WORKER_LEASE: &str = "10s";
 pub const DEFAULT_JOB_TIMEOUT: &str = "30s";
 pub const DEFAULT_JOB_MAX_ATTEMPTS: &str = "8";
-pub const DEFAULT_WORKER_CONCURRENCY: &str = "16";
+pub const DEFAULT_WORKER_CONCURRENCY: &str = "4";
 pub const DEFAULT_QUEUE_BATCH_SIZE: &str = "50";
 pub const DEFAULT_QUEUE_POLL_INTERVAL: &str = "500ms";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_DB_LOST_GRACE: &str = "30s";
 pub const DEFAULT_RECONCILE_INTERVAL: &str = "30s";
 pub const DEFAULT_BODY_LIMIT_BYTES: &str = "65536";
-pub const DEFAULT_DB_MAX_CONNECTIONS: &str = "20";
+pub const DEFAULT_API_POOL: u32 = 20;
 /// 02:00 UTC every day (seconds first, as the `cron` crate reads it).
 pub const DEFAULT_CLEANUP_SCHEDULE: &str = "0 0 2 * * *";
 pub const DEFAULT_QUEUE_RETENTION: &str = "24h";
@@ -77,11 +77,28 @@ pub struct DatabaseConfig {
     /// Postgres URL. `idemq dev` starts a private cluster when it is unset.
     #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Connections in this process's pool.
-    #[arg(long, env = "IDEMQ_DB_MAX_CONNECTIONS", value_name = "IDEMQ_DB_MAX_CONNECTIONS", default_value = DEFAULT_DB_MAX_CONNECTIONS,
+    /// Connections in this process's pool. Unset: 20 for the API, and for a
+    /// worker one per job slot plus spares (`WorkerConfig::pool_needed`).
+    #[arg(long, env = "IDEMQ_DB_MAX_CONNECTIONS", value_name = "IDEMQ_DB_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
+    pub db_max_connections: Option<u32>,
 }
+
+impl DatabaseConfig {
+    /// The pool size of an API process.
+    pub fn api_pool(&self) -> u32 {
+        self.db_max_connections.unwrap_or(DEFAULT_API_POOL)
+    }
+    /// The pool size of a worker process.
+    pub fn worker_pool(&self, worker: &WorkerConfig) -> u32 {
+        self.db_max_connections.unwrap_or_else(|| worker.pool_needed())
+    }
+}
+
+/// Connections a worker process needs besides one per job in flight: the
+/// heartbeat, fetch and acknowledgement of each queue, the LISTEN
+/// connections, the watchdog and the background duties.
+pub const WORKER_SPARE_CONNECTIONS: u32 = 8;
 
 /// Settings that both the API and the workers read.
 #[derive(Debug, Clone, Args)]
@@ -188,10 +205,17 @@ pub struct WorkerConfig {
     pub cleanup_batch_size: u32,
 }
 
+impl WorkerConfig {
+    /// One connection per job slot (every queue) plus the spares.
+    pub fn pool_needed(&self) -> u32 {
+        self.worker_concurrency * crate::queue::ALL.len() as u32 + WORKER_SPARE_CONNECTIONS
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            worker_concurrency: 16,
+            worker_concurrency: 4,
             worker_lease: Duration::from_secs(10),
             job_max_attempts: 8,
             job_timeout: Duration::from_secs(30),

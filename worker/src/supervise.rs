@@ -37,10 +37,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between pings while waiting for the database to come back.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
-/// Connections a worker process needs besides one per job in flight: the
-/// heartbeat, fetch and acknowledgement of each queue, the LISTEN
-/// connections, the watchdog and the background duties.
-pub const SPARE_CONNECTIONS: u32 = 8;
+pub use idemq_core::config::WORKER_SPARE_CONNECTIONS as SPARE_CONNECTIONS;
 
 /// Warns when the pool cannot serve every job slot and still leave room for
 /// heartbeats: starved heartbeats time out, the queue loop ends, and its
@@ -48,7 +45,7 @@ pub const SPARE_CONNECTIONS: u32 = 8;
 pub fn warn_if_pool_too_small(pool: &PgPool, cfg: &WorkerConfig) {
     let slots = cfg.worker_concurrency * idemq_core::queue::ALL.len() as u32;
     let size = pool.options().get_max_connections();
-    if size < slots + SPARE_CONNECTIONS {
+    if size < cfg.pool_needed() {
         tracing::warn!(
             pool = size,
             job_slots = slots,
