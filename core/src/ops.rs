@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -99,16 +99,46 @@ pub enum ActionResult {
     WrongState(String),
 }
 
+/// The operation's row, locked for an action: (status, queue, principal).
+async fn lock(conn: &mut PgConnection, id: OperationId) -> Result<Option<(String, String, Uuid)>, Error> {
+    Ok(
+        sqlx::query_as("SELECT status, queue, principal_id FROM operations WHERE id = $1 FOR UPDATE")
+            .bind(id.uuid())
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// The audit entry of an ops action, and its log line.
+async fn audit_action(
+    conn: &mut PgConnection,
+    id: OperationId,
+    principal: Uuid,
+    action: &str,
+    who: &str,
+) -> Result<(), Error> {
+    let actor = Actor {
+        operation: id,
+        principal,
+    };
+    audit(
+        conn,
+        actor,
+        action,
+        "operation",
+        &id.to_string(),
+        json!({ "by": who }),
+    )
+    .await?;
+    tracing::info!(operation = %id, by = who, action, "ops: action done");
+    Ok(())
+}
+
 /// Retries a `failed` operation: a new attempt of the same operation (same
 /// id, same key) with a new job, in one transaction, audit-logged.
 pub async fn retry(pool: &PgPool, id: OperationId, who: &str) -> Result<ActionResult, Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, String, Uuid)> =
-        sqlx::query_as("SELECT status, queue, principal_id FROM operations WHERE id = $1 FOR UPDATE")
-            .bind(id.uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((status, queue_name, principal)) = row else {
+    let Some((status, queue_name, principal)) = lock(&mut tx, id).await? else {
         return Ok(ActionResult::NotFound);
     };
     if status != OperationStatus::Failed.as_str() {
@@ -126,21 +156,8 @@ pub async fn retry(pool: &PgPool, id: OperationId, who: &str) -> Result<ActionRe
     .execute(&mut *tx)
     .await?;
     queue::push(&mut tx, &queue_name, job_id, id).await?;
-    let actor = Actor {
-        operation: id,
-        principal,
-    };
-    audit(
-        &mut tx,
-        actor,
-        "operation.retry",
-        "operation",
-        &id.to_string(),
-        json!({ "by": who }),
-    )
-    .await?;
+    audit_action(&mut tx, id, principal, "operation.retry", who).await?;
     tx.commit().await?;
-    tracing::info!(operation = %id, by = who, "ops: operation retried");
     Ok(ActionResult::Done)
 }
 
@@ -154,12 +171,7 @@ pub async fn cancel(
     ttl: std::time::Duration,
 ) -> Result<ActionResult, Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, Uuid)> =
-        sqlx::query_as("SELECT status, principal_id FROM operations WHERE id = $1 FOR UPDATE")
-            .bind(id.uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((status, principal)) = row else {
+    let Some((status, _, principal)) = lock(&mut tx, id).await? else {
         return Ok(ActionResult::NotFound);
     };
     if status != OperationStatus::Queued.as_str() {
@@ -170,20 +182,7 @@ pub async fn cancel(
             .detail("An operator cancelled this operation before it ran. Nothing was changed."),
     );
     crate::job::finish(&mut tx, id, &outcome, ttl).await?;
-    let actor = Actor {
-        operation: id,
-        principal,
-    };
-    audit(
-        &mut tx,
-        actor,
-        "operation.cancel",
-        "operation",
-        &id.to_string(),
-        json!({ "by": who }),
-    )
-    .await?;
+    audit_action(&mut tx, id, principal, "operation.cancel", who).await?;
     tx.commit().await?;
-    tracing::info!(operation = %id, by = who, "ops: operation cancelled");
     Ok(ActionResult::Done)
 }
