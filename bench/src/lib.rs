@@ -12,6 +12,7 @@
 //! `IDEMQ_DB_MAX_CONNECTIONS`, …) can be tried without a rebuild; the bench
 //! sets only the addresses, the database and the switches a scenario needs.
 mod cpu;
+mod dbstats;
 mod fleet;
 mod load;
 #[path = "../../src/pg_cluster.rs"]
@@ -48,6 +49,13 @@ pub struct BenchArgs {
     /// a DATABASE_URL server must already preload it.
     #[arg(long, global = true)]
     pub profile: bool,
+    /// Experiment, not a production setting: drop apalis's per-row NOTIFY
+    /// trigger on `apalis.jobs` in each scenario's database, so that an
+    /// enqueue's commit no longer takes Postgres's cluster-wide NOTIFY lock.
+    /// Workers then find jobs only by polling: set IDEMQ_QUEUE_POLL_INTERVAL
+    /// low (e.g. 20ms) along with it.
+    #[arg(long, global = true)]
+    pub drop_job_notify_trigger: bool,
     #[command(subcommand)]
     pub scenario: Scenario,
 }

@@ -68,6 +68,13 @@ impl Report {
             .push((key.to_owned(), json!(v), format!("{v:.1} {unit}")));
     }
 
+    /// A number, rounded to two decimals.
+    pub fn figure2(&mut self, key: &str, value: f64, unit: &str) {
+        let v = (value * 100.0).round() / 100.0;
+        self.results
+            .push((key.to_owned(), json!(v), format!("{v:.2} {unit}")));
+    }
+
     pub fn ratio(&mut self, key: &str, value: f64) {
         let v = (value * 1000.0).round() / 1000.0;
         self.results.push((key.to_owned(), json!(v), format!("{v:.3}")));

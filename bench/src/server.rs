@@ -28,6 +28,7 @@ pub struct Server {
     pub profile: bool,
     pub profile_note: Option<String>,
     keep_db: bool,
+    pub drop_job_notify_trigger: bool,
     seq: AtomicU32,
 }
 
@@ -73,6 +74,7 @@ impl Server {
             profile: false,
             profile_note: None,
             keep_db: args.keep_db,
+            drop_job_notify_trigger: args.drop_job_notify_trigger,
             seq: AtomicU32::new(0),
         };
         server.prepare_profile(args.profile).await?;
@@ -80,10 +82,7 @@ impl Server {
     }
 
     async fn admin(&self) -> anyhow::Result<PgPool> {
-        PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.admin_url)
+        pool(&self.admin_url, 1)
             .await
             .context("connecting to the Postgres server (admin)")
     }
@@ -148,11 +147,17 @@ impl Server {
             .with_context(|| format!("CREATE DATABASE {name}"))?;
         admin.close().await;
         let url = format!("{}/{name}{}", self.base, self.query);
-        let pool = idemq_core::db::connect(&url, 40)
+        let pool = pool(&url, 40)
             .await
             .with_context(|| format!("connecting to {name}"))?;
         idemq_core::db::migrate(&pool).await.context("migrating")?;
         let (principal, token) = idemq_core::principal::create_token(&pool, "bench").await?;
+        if self.drop_job_notify_trigger {
+            sqlx::query("DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs")
+                .execute(&pool)
+                .await
+                .context("dropping apalis's notify trigger")?;
+        }
         if self.profile {
             sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 .execute(&pool)
@@ -227,6 +232,20 @@ impl Server {
             }
         }
     }
+}
+
+/// A pool of the bench's own (not logged: its bulk statements are slow on
+/// purpose, and its log is not what is measured).
+pub async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    use sqlx::ConnectOptions;
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .disable_statement_logging();
+    Ok(PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await?)
 }
 
 async fn start_cluster(dir: PathBuf) -> anyhow::Result<PgCluster> {

@@ -21,6 +21,7 @@ use serde_json::json;
 use super::{check_payments, fleet, profile_reset, profile_take, seed_invoices, wait_all_final};
 use crate::{
     cpu::CpuProbe,
+    dbstats::DbSnapshot,
     progress,
     report::Report,
     server::{RunDb, Server},
@@ -58,6 +59,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &DrainArgs, report: &mut Rep
 
     let mut fleet = fleet(server, db, report);
     progress(format!("drain: starting {} workers", args.workers));
+    let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let t0 = Instant::now();
     fleet.spawn_workers(args.workers)?;
@@ -67,6 +69,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &DrainArgs, report: &mut Rep
     let done = wait_all_final(&db.pool, &mut fleet, deadline).await?;
     let after = probe.snapshot();
     profile_take(server, db, report).await;
+    let db_after = DbSnapshot::take(&db.pool).await;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
 
@@ -99,6 +102,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &DrainArgs, report: &mut Rep
         args.operations as f64 / enqueue_secs,
         "operations/s (begin(), before the drain)",
     );
+    DbSnapshot::report(db_before, db_after, args.operations as f64, "op", report);
     report.headline = format!(
         "{wall_rate:.0} jobs/s ({steady_rate:.0} steady), {} workers",
         args.workers

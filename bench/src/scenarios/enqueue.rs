@@ -9,11 +9,11 @@ use std::{
 };
 
 use clap::Args;
-use sqlx::postgres::PgPoolOptions;
 
 use super::{fleet, mark_paid, profile_reset, profile_take};
 use crate::{
     cpu::CpuProbe,
+    dbstats::DbSnapshot,
     load::{closed_loop_for, http_client, Reply},
     progress,
     report::Report,
@@ -32,6 +32,10 @@ pub struct EnqueueArgs {
     /// Duration of each of the two phases.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Skip the second ceiling (each transaction also NOTIFYs, as an enqueue
+    /// does through apalis's insert trigger).
+    #[arg(long)]
+    pub no_notify_ceiling: bool,
 }
 
 pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut Report) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
         args.clients, args.seconds
     ));
     let probe = CpuProbe::new(fleet.api_pid(), vec![], &db.pool).await;
+    let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let load = {
@@ -72,6 +77,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
     };
     let after = probe.snapshot();
     profile_take(server, db, report).await;
+    let db_after = DbSnapshot::take(&db.pool).await;
     fleet.check_alive()?;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
@@ -80,20 +86,32 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
         "enqueue: durable-commit ceiling, {} connections for {} s",
         args.clients, args.seconds
     ));
-    let (ceiling, ceiling_latency) =
-        commit_ceiling(db, args.clients, Duration::from_secs(args.seconds)).await?;
+    let duration = Duration::from_secs(args.seconds);
+    let ceiling = ceiling_phase(db, args.clients, duration, false, report).await?;
+    if !args.no_notify_ceiling {
+        progress(format!(
+            "enqueue: the same with a NOTIFY in each transaction, {} connections for {} s",
+            args.clients, args.seconds
+        ));
+        ceiling_phase(db, args.clients, duration, true, report).await?;
+    }
 
     let rate = load.rate();
     let ratio = rate / ceiling.max(1e-9);
-    report.figure("requests_per_s", rate, "requests/s");
-    report.latency("latency_ms", &load.samples().summary());
-    report.figure(
-        "ceiling_commits_per_s",
-        ceiling,
-        "commits/s (one-row insert + commit)",
+    report.results.insert(
+        0,
+        (
+            "requests_per_s".into(),
+            serde_json::json!((rate * 10.0).round() / 10.0),
+            format!("{rate:.1} requests/s"),
+        ),
     );
-    report.latency("ceiling_latency_ms", &ceiling_latency.summary());
+    let l = load.samples().summary();
+    report
+        .results
+        .insert(1, ("latency_ms".into(), serde_json::to_value(l)?, l.line()));
     report.ratio("ratio_to_ceiling", ratio);
+    DbSnapshot::report(db_before, db_after, load.count() as f64, "request", report);
     report.text("statuses", load.statuses_text());
     report.headline = format!("{rate:.0} req/s = {ratio:.2} of ceiling {ceiling:.0}/s");
     report.target(
@@ -145,12 +163,45 @@ async fn accepted(req: reqwest::RequestBuilder) -> Reply {
     }
 }
 
-/// `clients` connections, each inserting one row and committing (autocommit),
-/// as fast as it can: the server's durable-commit rate at that concurrency.
+/// One ceiling phase: its rate and WAL figures under `ceiling_` (plain) or
+/// `ceiling_notify_` (each transaction also NOTIFYs, as every enqueue does
+/// through apalis's insert trigger). Returns commits/s.
+async fn ceiling_phase(
+    db: &RunDb,
+    clients: usize,
+    duration: Duration,
+    notify: bool,
+    report: &mut Report,
+) -> anyhow::Result<f64> {
+    let before = DbSnapshot::take(&db.pool).await;
+    let (rate, latency) = commit_ceiling(db, clients, duration, notify).await?;
+    let after = DbSnapshot::take(&db.pool).await;
+    let (prefix, what) = if notify {
+        (
+            "ceiling_notify_",
+            "commits/s (one-row insert + pg_notify + commit)",
+        )
+    } else {
+        ("ceiling_", "commits/s (one-row insert + commit)")
+    };
+    let mut r = Report::new("ceiling");
+    r.figure("commits_per_s", rate, what);
+    r.latency("latency_ms", &latency.summary());
+    DbSnapshot::report(before, after, latency.len() as f64, "commit", &mut r);
+    for (k, v, text) in r.results {
+        report.results.push((format!("{prefix}{k}"), v, text));
+    }
+    Ok(rate)
+}
+
+/// `clients` connections, each inserting one row and committing (autocommit,
+/// one statement), as fast as it can: the server's durable-commit rate at
+/// that concurrency. With `notify`, the statement also calls `pg_notify`.
 pub async fn commit_ceiling(
     db: &RunDb,
     clients: usize,
     duration: Duration,
+    notify: bool,
 ) -> anyhow::Result<(f64, Samples)> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_commit_ceiling (
@@ -158,11 +209,13 @@ pub async fn commit_ceiling(
     )
     .execute(&db.pool)
     .await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(clients as u32)
-        .min_connections(clients as u32)
-        .connect(&db.url)
-        .await?;
+    let sql = if notify {
+        "WITH i AS (INSERT INTO bench_commit_ceiling (client) VALUES ($1) RETURNING id)
+         SELECT pg_notify('idemq_bench_ceiling', id::text) FROM i"
+    } else {
+        "INSERT INTO bench_commit_ceiling (client) VALUES ($1)"
+    };
+    let pool = crate::server::pool(&db.url, clients as u32).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -174,10 +227,7 @@ pub async fn commit_ceiling(
             let mut samples = Samples::default();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                sqlx::query("INSERT INTO bench_commit_ceiling (client) VALUES ($1)")
-                    .bind(c as i32)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(sql).bind(c as i32).execute(&mut *conn).await?;
                 samples.record(t.elapsed());
             }
             anyhow::Ok(samples)

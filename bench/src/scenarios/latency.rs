@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     cpu::CpuProbe,
+    dbstats::DbSnapshot,
     load::http_client,
     progress,
     report::Report,
@@ -61,6 +62,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
         args.rate, args.seconds
     ));
     let probe = CpuProbe::new(fleet.api_pid(), fleet.worker_pids(), &db.pool).await;
+    let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let t0 = Instant::now() + Duration::from_millis(20);
@@ -91,6 +93,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
     let elapsed = t0.elapsed();
     let after = probe.snapshot();
     profile_take(server, db, report).await;
+    let db_after = DbSnapshot::take(&db.pool).await;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
     wait_all_final(&db.pool, &mut fleet, Duration::from_secs(60)).await?;
@@ -108,6 +111,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
         max_lag.as_secs_f64() * 1000.0,
         "ms (generator behind schedule)",
     );
+    DbSnapshot::report(db_before, db_after, n as f64, "op", report);
     report.headline = format!(
         "p50 {:.1} / p99 {:.1} / max {:.1} ms at {}/s",
         l.p50, l.p99, l.max, args.rate

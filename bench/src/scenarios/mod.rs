@@ -75,6 +75,10 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
     if let Some(note) = &server.profile_note {
         report.note(note.clone());
     }
+    if server.drop_job_notify_trigger {
+        report.param("experiment", "drop-job-notify-trigger");
+        report.note("experiment: apalis's NOTIFY trigger on apalis.jobs dropped; workers poll");
+    }
     let db = match server.fresh_db(name).await {
         Ok(db) => db,
         Err(e) => {

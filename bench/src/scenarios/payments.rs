@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     cpu::CpuProbe,
+    dbstats::DbSnapshot,
     load::{http_client, Reply},
     progress,
     report::Report,
@@ -73,6 +74,7 @@ pub async fn run(
         args.workers
     ));
     let probe = CpuProbe::new(fleet.api_pid(), fleet.worker_pids(), &db.pool).await;
+    let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let t0 = Instant::now();
@@ -104,6 +106,7 @@ pub async fn run(
     let done = wait_all_final(&db.pool, &mut fleet, Duration::from_secs(300)).await?;
     let after = probe.snapshot();
     profile_take(server, db, report).await;
+    let db_after = DbSnapshot::take(&db.pool).await;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
 
@@ -128,6 +131,7 @@ pub async fn run(
             tally.new, tally.replayed_202, tally.replayed_200, tally.other
         ),
     );
+    DbSnapshot::report(db_before, db_after, args.invoices as f64, "op", report);
     report.headline = format!("{ops:.0} operations/s ({total:.2} s)");
     at_least(report, "operations/s", ops, TARGET_OPS, "ops/s");
 

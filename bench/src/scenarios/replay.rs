@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use super::{at_most, fleet, mark_paid, profile_reset, profile_take, seed_invoices, wait_all_final};
 use crate::{
     cpu::CpuProbe,
+    dbstats::DbSnapshot,
     load::{closed_loop_for, http_client, Reply},
     progress,
     report::Report,
@@ -92,6 +93,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &ReplayArgs, report: &mut Re
             .map(|c| Mutex::new(StdRng::seed_from_u64(c as u64)))
             .collect(),
     );
+    let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let load = {
@@ -128,6 +130,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &ReplayArgs, report: &mut Re
     };
     let after = probe.snapshot();
     profile_take(server, db, report).await;
+    let db_after = DbSnapshot::take(&db.pool).await;
     fleet.check_alive()?;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
@@ -136,6 +139,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &ReplayArgs, report: &mut Re
     report.figure("requests_per_s", load.rate(), "requests/s");
     report.latency("latency_ms", &l);
     report.text("statuses", load.statuses_text());
+    DbSnapshot::report(db_before, db_after, load.count() as f64, "request", report);
     report.headline = format!("{:.0} req/s, p50 {:.2} / p99 {:.2} ms", load.rate(), l.p50, l.p99);
     at_most(report, "p99", l.p99, TARGET_P99_MS, "ms");
     report.check(
