@@ -189,6 +189,10 @@ pub async fn run_until(
     let mut report = CleanupReport::default();
     let result = delete_all(pool, config.options(), stop, &mut report).await;
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Deleted is deleted, whether or not the run went to the end.
+    for (table, n) in report.per_table() {
+        metrics::counter!(idemq_core::telemetry::CLEANUP_DELETED, "table" => table).increment(n);
+    }
     match result {
         Ok(()) => {
             tracing::info!(
