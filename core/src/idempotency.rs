@@ -32,23 +32,27 @@ pub struct NewOperation<'a> {
     pub request: &'a Value,
 }
 
-/// Steps 6 and 7 of the request path: `INSERT … ON CONFLICT DO NOTHING`; if
-/// inserted, push the job in the same transaction; else read the existing
-/// record (a concurrent first request blocks on the unique index until the
-/// winner commits, then reads its row). An expired record counts as absent:
-/// it is replaced in the same transaction.
+/// Steps 6 and 7 of the request path. One statement records the operation
+/// (`INSERT … ON CONFLICT DO NOTHING`) and, only if it was inserted, its job
+/// (a data-modifying CTE): both or neither, in one round trip and one commit
+/// — the hot path pays no BEGIN/COMMIT round trips. Otherwise the existing
+/// record is read (a concurrent first request blocks on the unique index
+/// until the winner commits, then reads its row). An expired record counts
+/// as absent: it is deleted and the insert tried again.
 pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, Error> {
-    let mut tx = pool.begin().await?;
     // Two rounds at most: the second follows the removal of an expired record.
     for _ in 0..2 {
         let id = OperationId::new();
         let job_id = queue::new_job_id();
         let queue_name = new.kind.queue();
         let inserted: Option<Operation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (principal_id, idempotency_key) DO NOTHING
-             RETURNING {COLUMNS}"
+            "WITH op AS (
+                INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (principal_id, idempotency_key) DO NOTHING
+                RETURNING {COLUMNS}
+             ), job AS ({INSERT_JOB} FROM op)
+             SELECT * FROM op"
         )))
         .bind(id.uuid())
         .bind(new.principal.id())
@@ -58,11 +62,11 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         .bind(new.request)
         .bind(queue_name)
         .bind(job_id.to_string())
-        .fetch_optional(&mut *tx)
+        .bind(queue::job_args(id)?)
+        .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+        .fetch_optional(pool)
         .await?;
         if let Some(op) = inserted {
-            queue::push(&mut tx, queue_name, job_id, id).await?;
-            tx.commit().await?;
             return Ok(NextAction::Started(op));
         }
         // Expiry is judged by the database clock, like the DELETE below.
@@ -72,7 +76,7 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         )))
         .bind(new.principal.id())
         .bind(new.key.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(pool)
         .await?
         .map(|row| -> Result<(Operation, bool), sqlx::Error> {
             use sqlx::{FromRow, Row};
@@ -81,7 +85,6 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         .transpose()?;
         match existing {
             Some((op, false)) => {
-                tx.commit().await?;
                 return Ok(if op.fingerprint == new.fingerprint {
                     NextAction::Existing(op)
                 } else {
@@ -91,7 +94,7 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
             Some((op, true)) => {
                 sqlx::query("DELETE FROM operations WHERE id = $1 AND expires_at <= now()")
                     .bind(op.id.uuid())
-                    .execute(&mut *tx)
+                    .execute(pool)
                     .await?;
             }
             // Deleted by cleanup between our insert and select: insert again.
@@ -114,6 +117,16 @@ pub async fn find(pool: &PgPool, principal: &Principal, id: OperationId) -> Resu
     .fetch_optional(pool)
     .await?)
 }
+
+/// The apalis job row, as `apalis_postgres::queries::push_tasks` writes it
+/// (same columns and defaults: Pending, no attempts, run now, priority 0,
+/// empty metadata), selected from the inserted operation so that it exists
+/// exactly when the operation does. Parameters: $7 queue, $8 job id (a
+/// ULID), $9 the JSON payload, $10 max attempts. The schema is apalis
+/// 1.0's, pinned in Cargo.lock; the tests would catch a drift.
+const INSERT_JOB: &str = "INSERT INTO apalis.jobs
+        (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+    SELECT $8, $7, $9::bytea, 'Pending', 0, $10, now(), 0, ''::hstore, NULL";
 
 /// Postgres channel on which a finished operation's id is announced (sent in
 /// the job's transaction, so delivered at commit) for `Prefer: wait`.

@@ -32,6 +32,14 @@ impl JobPayload {
     }
 }
 
+/// The job's arguments as apalis stores them: the JSON of `JobPayload`.
+pub fn job_args(op: OperationId) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(&JobPayload {
+        operation_id: op.uuid(),
+    })
+    .map_err(|e| Error::Corrupt(e.to_string()))
+}
+
 /// A fresh task id. apalis requires ULIDs: any other id blocks the queue.
 pub fn new_job_id() -> Ulid {
     Ulid::generate()
@@ -40,10 +48,7 @@ pub fn new_job_id() -> Ulid {
 /// Pushes the job on `conn` — the caller's transaction — so the job and the
 /// operation row commit or roll back together (NOTIFY fires at commit).
 pub async fn push(conn: &mut PgConnection, queue: &str, job_id: Ulid, op: OperationId) -> Result<(), Error> {
-    let args = serde_json::to_vec(&JobPayload {
-        operation_id: op.uuid(),
-    })
-    .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let args = job_args(op)?;
     let task = TaskBuilder::new(args)
         .task_id(TaskId::from_ulid(job_id))
         .max_attempts(APALIS_MAX_ATTEMPTS)

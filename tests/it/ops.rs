@@ -150,17 +150,14 @@ async fn the_operations_view_filters_by_status_kind_principal_and_age() {
     assert!(list("?principal=someone-else").await.is_empty());
     assert!(list("?olderThan=3600").await.is_empty());
 
-    let one: Value = ops
-        .get(&format!(
-            "/ops/api/operations/{}",
-            missing["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // apalis acknowledges the job just after the operation commits.
+    let show = format!("/ops/api/operations/{}", missing["id"].as_str().unwrap());
+    eventually("the job is acknowledged", || {
+        let req = ops.get(&show);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap()["job"]["status"] == "Done" }
+    })
+    .await;
+    let one: Value = ops.get(&show).send().await.unwrap().json().await.unwrap();
     assert_eq!(one["operation"]["idempotencyKey"], "b");
     assert_eq!(one["operation"]["responseStatus"], 404);
     assert_eq!(one["operation"]["fingerprint"].as_str().unwrap().len(), 64);
