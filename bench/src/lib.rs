@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// low (e.g. 20ms) along with it.
     #[arg(long, global = true)]
     pub drop_job_notify_trigger: bool,
+    /// Experiment, not a production setting: `synchronous_commit = off` for
+    /// each scenario's database (no commit waits for its WAL flush). Tells
+    /// how much of a figure is the disk's flush latency and how much CPU.
+    #[arg(long, global = true)]
+    pub async_commit: bool,
     #[command(subcommand)]
     pub scenario: Scenario,
 }

@@ -29,6 +29,7 @@ pub struct Server {
     pub profile_note: Option<String>,
     keep_db: bool,
     pub drop_job_notify_trigger: bool,
+    pub async_commit: bool,
     seq: AtomicU32,
 }
 
@@ -75,6 +76,7 @@ impl Server {
             profile_note: None,
             keep_db: args.keep_db,
             drop_job_notify_trigger: args.drop_job_notify_trigger,
+            async_commit: args.async_commit,
             seq: AtomicU32::new(0),
         };
         server.prepare_profile(args.profile).await?;
@@ -115,18 +117,24 @@ impl Server {
             sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
                 .execute(&admin)
                 .await?;
-            sqlx::query("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
-                .execute(&admin)
-                .await?;
         } else {
-            sqlx::query("ALTER SYSTEM RESET shared_preload_libraries")
-                .execute(&admin)
-                .await?;
+            // Only the bench writes this cluster's postgresql.auto.conf.
+            sqlx::query("ALTER SYSTEM RESET ALL").execute(&admin).await?;
         }
         admin.close().await;
         let cluster = self.cluster.take().expect("checked above");
         let cluster = tokio::task::spawn_blocking(move || cluster.restart().map(|()| cluster)).await??;
         self.cluster = Some(cluster);
+        if wanted {
+            // Known only once the library is loaded. `all`: statements inside
+            // functions too (apalis's fetch is one).
+            let admin = self.admin().await?;
+            sqlx::query("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+                .execute(&admin)
+                .await?;
+            sqlx::query("SELECT pg_reload_conf()").execute(&admin).await?;
+            admin.close().await;
+        }
         self.profile = wanted;
         Ok(())
     }
@@ -152,6 +160,14 @@ impl Server {
             .with_context(|| format!("connecting to {name}"))?;
         idemq_core::db::migrate(&pool).await.context("migrating")?;
         let (principal, token) = idemq_core::principal::create_token(&pool, "bench").await?;
+        if self.async_commit {
+            // Sessions opened from now on take it: the children's, the ceiling's.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            )))
+            .execute(&pool)
+            .await?;
+        }
         if self.drop_job_notify_trigger {
             sqlx::query("DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs")
                 .execute(&pool)

@@ -156,7 +156,8 @@ async fn drain_latency_replay_limited_cleanup() {
     let s = scenario(&doc, "cleanup");
     // A build without `idemq cleanup` reports the scenario as a TODO.
     if !s["headline"].as_str().unwrap().starts_with("TODO") {
-        positive(s, "cleanup_seconds");
+        // Tiny: may round to 0.
+        assert!(s["results"]["cleanup_seconds"].is_number(), "{s:#}");
         let deleted = s["results"]["deleted"].as_str().unwrap();
         assert!(deleted.contains("operations 500"), "{s:#}");
     }

@@ -143,7 +143,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &CleanupArgs, report: &mut R
         .find(|(t, _)| t == "total")
         .map(|(_, n)| *n)
         .unwrap_or(0);
-    report.figure("cleanup_seconds", secs, "s");
+    report.figure2("cleanup_seconds", secs, "s");
     report.figure("deleted_rows_per_s", total as f64 / secs.max(1e-6), "rows/s");
     report.text(
         "deleted",

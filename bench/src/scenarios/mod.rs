@@ -75,6 +75,12 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
     if let Some(note) = &server.profile_note {
         report.note(note.clone());
     }
+    if server.async_commit {
+        report.param("experiment_async_commit", true);
+        report.note(
+            "experiment: synchronous_commit = off for this database (commits do not wait for the disk)",
+        );
+    }
     if server.drop_job_notify_trigger {
         report.param("experiment", "drop-job-notify-trigger");
         report.note("experiment: apalis's NOTIFY trigger on apalis.jobs dropped; workers poll");
