@@ -100,6 +100,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
 
     let l = samples.summary();
     report.latency("send_to_final_ms", &l);
+    stages(db, report).await?;
     report.figure(
         "achieved_rate",
         n as f64 / elapsed.as_secs_f64(),
@@ -191,4 +192,50 @@ async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, sch
         }
     }
     fail(format!("operation {id} not final after 60 s"), 6)
+}
+
+/// Where the time went, from the database's clocks: the request's commit
+/// (`operations.created_at`) to the job's fetch or start (`apalis.jobs.lock_at`),
+/// to the effect's commit (`finished_at`). The rest of a client's latency is
+/// the API before its commit and the wake-up of the waiting request after.
+async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
+    type Row = (
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    );
+    let row: Row = sqlx::query_as(
+        "WITH s AS (
+             SELECT extract(epoch FROM j.lock_at - o.created_at) * 1000 AS queued,
+                    extract(epoch FROM o.finished_at - j.lock_at) * 1000 AS running,
+                    extract(epoch FROM o.finished_at - o.created_at) * 1000 AS total
+             FROM operations o JOIN apalis.jobs j ON j.id = o.job_id
+             WHERE o.finished_at IS NOT NULL)
+         SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY queued)::float8,
+                percentile_disc(0.99) WITHIN GROUP (ORDER BY queued)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY running)::float8,
+                percentile_disc(0.99) WITHIN GROUP (ORDER BY running)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY total)::float8,
+                percentile_disc(0.99) WITHIN GROUP (ORDER BY total)::float8
+         FROM s",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into());
+    report.results.push((
+        "stages_ms".into(),
+        serde_json::json!({
+            "queued_p50": row.0, "queued_p99": row.1,
+            "running_p50": row.2, "running_p99": row.3,
+            "commit_to_finished_p50": row.4, "commit_to_finished_p99": row.5,
+        }),
+        format!(
+            "request commit → job fetched p50 {} p99 {} | fetched → effect committed p50 {} p99 {} | both p50 {} p99 {} ms",
+            f(row.0), f(row.1), f(row.2), f(row.3), f(row.4), f(row.5)
+        ),
+    ));
+    Ok(())
 }
