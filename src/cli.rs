@@ -64,8 +64,8 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Measure a real fleet (API + worker processes): throughput, latency,
-    /// peak RSS, correctness. See `idemq bench --help`.
+    /// Measure a real fleet (API + worker processes, started by the bench):
+    /// throughput, latency, peak RSS, CPU split, correctness.
     Bench(idemq_bench::BenchArgs),
     /// Insert demo rows: invoices inv-1…, applications app-1…, contracts ctr-1….
     Seed {

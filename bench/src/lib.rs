@@ -115,7 +115,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|r| r.scenario.as_str())
         .collect();
     if !failed.is_empty() {
-        anyhow::bail!("correctness check failed in: {}", failed.join(", "));
+        anyhow::bail!("failed, or a correctness check failed, in: {}", failed.join(", "));
     }
     Ok(())
 }

@@ -233,7 +233,7 @@ async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
             "commit_to_finished_p50": row.4, "commit_to_finished_p99": row.5,
         }),
         format!(
-            "request commit → job fetched p50 {} p99 {} | fetched → effect committed p50 {} p99 {} | both p50 {} p99 {} ms",
+            "request commit → job taken (lock_at) p50 {} p99 {} | taken → effect committed p50 {} p99 {} | both p50 {} p99 {} ms",
             f(row.0), f(row.1), f(row.2), f(row.3), f(row.4), f(row.5)
         ),
     ));
