@@ -120,7 +120,9 @@ impl Waiters {
             // Register before reading, so a completion between the read and
             // the wait is not missed.
             let mut reg = self.register(op.uuid());
-            let current = idempotency::find(pool, principal, op).await?;
+            // … and ask for the completion notice (only waited-for
+            // operations are announced).
+            let current = idempotency::watch(pool, principal, op).await?;
             match current {
                 Some(o) if !o.status.is_final() => {}
                 other => return Ok(other),

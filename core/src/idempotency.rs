@@ -107,6 +107,31 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
     )))
 }
 
+/// For a request about to wait: flags the operation so that its finish is
+/// announced on `FINISHED_CHANNEL`, and returns it — or, if it is already
+/// final (or not this principal's), what `find` returns. The flag is set under
+/// the row lock, so a job finishing concurrently either sees it and notifies,
+/// or committed first and the operation is returned final.
+pub async fn watch(
+    pool: &PgPool,
+    principal: &Principal,
+    id: OperationId,
+) -> Result<Option<Operation>, Error> {
+    let flagged: Option<Operation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE operations SET notify_on_finish = true
+         WHERE id = $1 AND principal_id = $2 AND status IN ('queued', 'running')
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id.uuid())
+    .bind(principal.id())
+    .fetch_optional(pool)
+    .await?;
+    match flagged {
+        Some(op) => Ok(Some(op)),
+        None => find(pool, principal, id).await,
+    }
+}
+
 /// An operation of this principal (another principal's id is not found).
 pub async fn find(pool: &PgPool, principal: &Principal, id: OperationId) -> Result<Option<Operation>, Error> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

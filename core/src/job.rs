@@ -168,8 +168,8 @@ fn body<T: DeserializeOwned>(actor: Actor, request: &Value) -> Result<T, Error> 
         .map_err(|e| Error::Corrupt(format!("stored body of {}: {e}", actor.operation)))
 }
 
-/// Step 4: the final response, the status, the expiry, and the completion
-/// notice for waiting requests (delivered when the transaction commits).
+/// Step 4: the final response, the status, the expiry, and — only if a
+/// request waits for it — the completion notice (delivered at commit).
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     op: OperationId,
@@ -187,8 +187,8 @@ pub(crate) async fn finish(
             UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
                    response_body = $5, finished_at = now(),
                    expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
-            WHERE id = $1 RETURNING id)
-         SELECT pg_notify($7, id::text) FROM done",
+            WHERE id = $1 RETURNING id, notify_on_finish)
+         SELECT pg_notify($7, id::text) FROM done WHERE notify_on_finish",
     )
     .bind(op.uuid())
     .bind(status.as_str())
