@@ -93,14 +93,19 @@ impl Fleet {
     }
 
     /// Starts `idemq api` on free ports and waits for `/healthz`.
-    /// `env` adds to (or overrides) the defaults: rate limiting off.
+    /// `env` adds to (or overrides) the defaults: rate limiting off unless
+    /// `IDEMQ_RATE_LIMIT_ENABLED` is set in the bench's environment.
     pub async fn start_api(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let port = free_port()?;
         let log = self.logs.join(format!("{}-api.log", self.tag));
         let mut cmd = self.command("api", &log)?;
         cmd.env("IDEMQ_API_ADDR", format!("127.0.0.1:{port}"))
-            .env("IDEMQ_OPS_ADDR", format!("127.0.0.1:{}", free_port()?))
-            .env("IDEMQ_RATE_LIMIT_ENABLED", "false");
+            .env("IDEMQ_OPS_ADDR", format!("127.0.0.1:{}", free_port()?));
+        // Off unless the bench's caller says otherwise (to measure the
+        // limiter's cost on accepted requests: on, with a huge budget).
+        if std::env::var_os("IDEMQ_RATE_LIMIT_ENABLED").is_none() {
+            cmd.env("IDEMQ_RATE_LIMIT_ENABLED", "false");
+        }
         if std::env::var_os("IDEMQ_OPS_TOKEN").is_none() {
             cmd.env(
                 "IDEMQ_OPS_TOKEN",
