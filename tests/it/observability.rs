@@ -34,7 +34,9 @@ fn spawn_api(db_url: &str, log: &std::path::Path) -> Api {
         .env("IDEMQ_API_ADDR", "127.0.0.1:0")
         .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
         .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
-        .env("IDEMQ_RATE_LIMIT_ENABLED", "false")
+        .env("IDEMQ_RATE_LIMIT_ENABLED", "true")
+        // Four mutating requests pass, the fifth is limited.
+        .env("IDEMQ_RATE_LIMIT_SENSITIVE", "4/h")
         .env("IDEMQ_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -140,7 +142,18 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
         StatusCode::BAD_REQUEST
     );
 
+    let limited = send(Some("k2"), card.clone()).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+
     let after = scrape().await;
+    assert_eq!(
+        sample(&after, "idemq_rate_limited_total{class=\"sensitive\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, "idemq_rate_limited_total{class=\"read\"}"),
+        Some(0.0)
+    );
     assert_eq!(sample(&after, "idemq_idempotent_replays_total"), Some(1.0));
     assert_eq!(sample(&after, "idemq_idempotency_key_reused_total"), Some(1.0));
     assert_eq!(sample(&after, "idemq_idempotency_key_missing_total"), Some(1.0));
@@ -157,7 +170,7 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
             &after,
             "idemq_http_request_duration_seconds_count{route=\"/invoices/{id}/mark-paid\"}"
         ),
-        Some(4.0)
+        Some(5.0)
     );
 
     // The queue gauges come from a timer, not the scrape: wait for them.
@@ -181,6 +194,7 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
     let logs = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     assert!(logs.contains("IDEMPOTENT"), "{logs}");
+    assert!(logs.contains("rate-limit"), "{logs}");
     assert!(!logs.contains(&token), "the token leaked into the log");
     let hash: String = {
         use sha2::Digest;
