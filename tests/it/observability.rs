@@ -249,12 +249,40 @@ fn alert_rules_name_only_metrics_we_export() {
 async fn a_worker_process_exposes_its_job_metrics_and_health() {
     let app = spawn_app().await;
     app.insert_invoice("1").await;
+    app.insert_invoice("2").await;
+    // Work for the background duties. An expired record, for the cleanup
+    // that a worker runs at its first start (catch-up of the missed tick):
+    sqlx::query(
+        "INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, status,
+                queue, job_id, attempts, response_status, response_content_type, response_body,
+                finished_at, expires_at)
+         SELECT gen_random_uuid(), id, 'expired', decode(repeat('00', 32), 'hex'), 'invoice.mark_paid',
+                '{}', 'succeeded', 'payments', 'gone', 1, 200, 'application/json', '{}',
+                now() - interval '2 days', now() - interval '1 day'
+         FROM principals LIMIT 1",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // … and a queued operation whose job was lost, for the reconciler.
+    let lost: Value = app.mark_paid("2", "lost").await.json().await.unwrap();
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE operations SET updated_at = now() - interval '1 hour' WHERE idempotency_key = 'lost'",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     let port = idemq::pg_cluster::free_port().unwrap();
     let mut child = Command::new(idemq_bin())
         .arg("worker")
         .env("DATABASE_URL", &app.db.url)
         .env("IDEMQ_WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"))
         .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+        .env("IDEMQ_RECONCILE_INTERVAL", "1s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -274,6 +302,11 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
     let op: Value = app.mark_paid("1", "k").await.json().await.unwrap();
     assert_eq!(
         app.await_final(op["id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+    // The reconciler re-drives the lost operation, and the worker runs it.
+    assert_eq!(
+        app.await_final(lost["id"].as_str().unwrap()).await["status"],
         "succeeded"
     );
 
@@ -297,28 +330,39 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
             .status(),
         StatusCode::OK
     );
-    let m = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        sample(
-            &m,
-            "idemq_jobs_total{kind=\"invoice.mark_paid\",outcome=\"succeeded\"}"
+    let expected = [
+        (
+            "idemq_jobs_total{kind=\"invoice.mark_paid\",outcome=\"succeeded\"}",
+            2.0,
         ),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        sample(&m, "idemq_job_duration_seconds_count{kind=\"invoice.mark_paid\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&m, "idemq_lock_wait_seconds_count{kind=\"invoice.mark_paid\"}"),
-        Some(1.0)
-    );
+        (
+            "idemq_job_duration_seconds_count{kind=\"invoice.mark_paid\"}",
+            2.0,
+        ),
+        ("idemq_lock_wait_seconds_count{kind=\"invoice.mark_paid\"}", 2.0),
+        ("idemq_cleanup_deleted_total{table=\"operations\"}", 1.0),
+        ("idemq_reconciler_actions_total{action=\"reenqueued\"}", 1.0),
+        ("idemq_reconciler_actions_total{action=\"failed\"}", 0.0),
+    ];
+    // The duties run on their own schedule: wait for their counts.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let m = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let off: Vec<_> = expected
+            .iter()
+            .filter(|(series, value)| sample(&m, series) != Some(*value))
+            .collect();
+        if off.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{off:?} in\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
