@@ -32,27 +32,33 @@ pub struct NewOperation<'a> {
     pub request: &'a Value,
 }
 
-/// Steps 6 and 7 of the request path. One statement records the operation
-/// (`INSERT … ON CONFLICT DO NOTHING`) and, only if it was inserted, its job
-/// (a data-modifying CTE): both or neither, in one round trip and one commit
-/// — the hot path pays no BEGIN/COMMIT round trips. Otherwise the existing
-/// record is read (a concurrent first request blocks on the unique index
-/// until the winner commits, then reads its row). An expired record counts
-/// as absent: it is deleted and the insert tried again.
+/// Steps 6 and 7 of the request path, in one statement in the common
+/// cases: it records the operation (`INSERT … ON CONFLICT DO NOTHING`) and,
+/// only if that inserted it, its job (a data-modifying CTE: both or neither,
+/// one round trip, no BEGIN/COMMIT); if the key was taken, the same statement
+/// returns the existing record. A concurrent first request with the same key
+/// blocks on the unique index until the winner commits; its statement's
+/// snapshot predates that row, so it returns nothing and the record is read
+/// again. An expired record counts as absent: it is deleted and the insert
+/// tried again.
 pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, Error> {
+    use sqlx::{FromRow, Row};
     // Two rounds at most: the second follows the removal of an expired record.
     for _ in 0..2 {
         let id = OperationId::new();
         let job_id = queue::new_job_id();
         let queue_name = new.kind.queue();
-        let inserted: Option<Operation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH op AS (
                 INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 ON CONFLICT (principal_id, idempotency_key) DO NOTHING
                 RETURNING {COLUMNS}
              ), job AS ({INSERT_JOB} FROM op)
-             SELECT * FROM op"
+             SELECT {COLUMNS}, true AS inserted, false AS expired FROM op
+             UNION ALL
+             SELECT {COLUMNS}, false, coalesce(expires_at <= now(), false) FROM operations
+             WHERE principal_id = $2 AND idempotency_key = $3 AND NOT EXISTS (SELECT 1 FROM op)"
         )))
         .bind(id.uuid())
         .bind(new.principal.id())
@@ -66,23 +72,13 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         .bind(queue::APALIS_MAX_ATTEMPTS as i32)
         .fetch_optional(pool)
         .await?;
-        if let Some(op) = inserted {
-            return Ok(NextAction::Started(op));
-        }
-        // Expiry is judged by the database clock, like the DELETE below.
-        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, coalesce(expires_at <= now(), false) AS expired
-             FROM operations WHERE principal_id = $1 AND idempotency_key = $2"
-        )))
-        .bind(new.principal.id())
-        .bind(new.key.as_str())
-        .fetch_optional(pool)
-        .await?
-        .map(|row| -> Result<(Operation, bool), sqlx::Error> {
-            use sqlx::{FromRow, Row};
-            Ok((Operation::from_row(&row)?, row.try_get("expired")?))
-        })
-        .transpose()?;
+        let existing = match row {
+            Some(row) if row.try_get::<bool, _>("inserted")? => {
+                return Ok(NextAction::Started(Operation::from_row(&row)?));
+            }
+            Some(row) => Some((Operation::from_row(&row)?, row.try_get::<bool, _>("expired")?)),
+            None => read_existing(pool, &new).await?,
+        };
         match existing {
             Some((op, false)) => {
                 return Ok(if op.fingerprint == new.fingerprint {
@@ -91,13 +87,14 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
                     NextAction::KeyReused(op)
                 });
             }
+            // Expiry is judged by the database clock, in SQL.
             Some((op, true)) => {
                 sqlx::query("DELETE FROM operations WHERE id = $1 AND expires_at <= now()")
                     .bind(op.id.uuid())
                     .execute(pool)
                     .await?;
             }
-            // Deleted by cleanup between our insert and select: insert again.
+            // Deleted by cleanup meanwhile: insert again.
             None => {}
         }
     }
@@ -105,6 +102,24 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         "idempotency record for key {} could not be settled",
         new.key
     )))
+}
+
+/// The record under the key and whether it has expired (a fresh snapshot:
+/// sees a concurrent first request's row once it committed).
+async fn read_existing(pool: &PgPool, new: &NewOperation<'_>) -> Result<Option<(Operation, bool)>, Error> {
+    use sqlx::{FromRow, Row};
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, coalesce(expires_at <= now(), false) AS expired
+         FROM operations WHERE principal_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(new.principal.id())
+    .bind(new.key.as_str())
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some(row) => Some((Operation::from_row(&row)?, row.try_get("expired")?)),
+        None => None,
+    })
 }
 
 /// For a request about to wait: flags the operation so that its finish is
