@@ -110,6 +110,13 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
         .collect();
+    let wait = prefer_wait(headers);
+    if let Some(kept) = state.final_answers.get(principal.id(), &key, &fingerprint) {
+        tracing::Span::current().record("operation", kept.operation.to_string());
+        tracing::info!(operation = %kept.operation, status = "succeeded", "IDEMPOTENT replay");
+        metrics::counter!(idemq_core::telemetry::REPLAYS).increment(1);
+        return Ok(mark(kept.response(), true, wait));
+    }
     let request = json!({ "params": params, "body": body_value });
     let next = idempotency::begin(
         &state.pool,
@@ -122,9 +129,9 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         },
     )
     .await?;
-    let wait = prefer_wait(headers);
     match next {
         NextAction::Started(op) => {
+            state.notifier.job_pushed(op.kind.queue(), &op.job_id);
             tracing::Span::current().record("operation", op.id.to_string());
             tracing::info!(operation = %op.id, kind = op.kind.as_str(), "operation accepted");
             answer(state, principal, op, false, wait).await
@@ -133,6 +140,7 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
             tracing::Span::current().record("operation", op.id.to_string());
             tracing::info!(operation = %op.id, status = op.status.as_str(), "IDEMPOTENT replay");
             metrics::counter!(idemq_core::telemetry::REPLAYS).increment(1);
+            state.final_answers.remember(&op);
             answer(state, principal, op, true, wait).await
         }
         NextAction::KeyReused(op) => {
@@ -160,7 +168,7 @@ pub async fn answer(
             .unwrap_or(op),
         _ => op,
     };
-    let mut response = match &op.response {
+    let response = match &op.response {
         Some(stored) => (
             StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             [(header::CONTENT_TYPE, header_value(&stored.content_type))],
@@ -174,6 +182,12 @@ pub async fn answer(
             r
         }
     };
+    Ok(mark(response, replayed, wait))
+}
+
+/// `Idempotent-Replayed: true` on a replay, `Preference-Applied` when the
+/// request asked to wait.
+fn mark(mut response: Response, replayed: bool, wait: Option<Duration>) -> Response {
     if replayed {
         response
             .headers_mut()
@@ -184,7 +198,7 @@ pub async fn answer(
             .headers_mut()
             .insert(PREFERENCE_APPLIED, header_value(&format!("wait={}", w.as_secs())));
     }
-    Ok(response)
+    response
 }
 
 pub fn json_response(status: StatusCode, body: String) -> Response {

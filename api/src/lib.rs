@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod final_answers;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
@@ -15,13 +16,13 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware, Router,
 };
-use idemq_core::config::ApiConfig;
+use idemq_core::{config::ApiConfig, notifier::Notifier};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::{auth::TokenCache, error::ApiError, waiters::Waiters};
+use crate::{auth::TokenCache, error::ApiError, final_answers::FinalAnswers, waiters::Waiters};
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -29,6 +30,10 @@ pub struct AppState {
     pub pool: PgPool,
     pub tokens: Arc<TokenCache>,
     pub waiters: Waiters,
+    /// Wakes the workers after a job's commit (see `idemq_core::notifier`).
+    pub notifier: Notifier,
+    /// Recent `succeeded` answers, for replays without the database.
+    pub final_answers: Arc<FinalAnswers>,
     pub require_idempotency_key: bool,
     pub body_limit_bytes: usize,
     /// `None` when rate limiting is switched off.
@@ -42,6 +47,8 @@ impl AppState {
         let waiters = Waiters::default();
         waiters.spawn_listener(pool.clone());
         AppState {
+            notifier: Notifier::spawn(pool.clone()),
+            final_answers: Arc::default(),
             pool,
             tokens: Arc::default(),
             waiters,

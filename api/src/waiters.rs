@@ -1,7 +1,7 @@
 //! `Prefer: wait`: requests waiting for their operation to finish. One
-//! LISTEN connection per process receives every completion (sent by the job's
-//! transaction at commit) and wakes only the requests waiting for that id:
-//! no polling of the database per waiting request.
+//! LISTEN connection per process receives every completion (sent after the
+//! job's commit) and wakes only the requests waiting for that id; a waiting
+//! request reads its operation again only if no notice came for a second.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -21,6 +21,10 @@ use crate::error::ApiError;
 
 /// The longest wait honoured; a larger `wait=N` is treated as this.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// A waiting request reads its operation again this often, in case its
+/// completion notice was lost.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default, Clone)]
 pub struct Waiters {
@@ -107,7 +111,9 @@ impl Waiters {
     }
 
     /// Waits until the operation is final or `wait` has passed, then returns
-    /// its current state (None: it no longer exists).
+    /// its current state (None: it no longer exists). The completion notice
+    /// is a hint sent after the commit (`idemq_core::notifier`): if it is
+    /// lost, the waiter looks again every `RECHECK_EVERY`.
     pub async fn wait_for(
         &self,
         pool: &PgPool,
@@ -116,26 +122,29 @@ impl Waiters {
         wait: Duration,
     ) -> Result<Option<Operation>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut flagged = false;
         loop {
             // Register before reading, so a completion between the read and
             // the wait is not missed.
             let mut reg = self.register(op.uuid());
-            // … and ask for the completion notice (only waited-for
-            // operations are announced).
-            let current = idempotency::watch(pool, principal, op).await?;
-            match current {
-                Some(o) if !o.status.is_final() => {}
-                other => return Ok(other),
+            // The first read also asks for the completion notice (only
+            // waited-for operations are announced).
+            let current = if flagged {
+                idempotency::find(pool, principal, op).await?
+            } else {
+                flagged = true;
+                idempotency::watch(pool, principal, op).await?
+            };
+            if current.as_ref().is_none_or(|o| o.status.is_final()) {
+                return Ok(current);
             }
-            let rx = reg.rx.as_mut().map(|rx| tokio::time::timeout_at(deadline, rx));
-            match rx {
-                Some(fut) => {
-                    if fut.await.is_err() {
-                        drop(reg);
-                        return Ok(idempotency::find(pool, principal, op).await?);
-                    }
-                }
-                None => return Ok(idempotency::find(pool, principal, op).await?),
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(current);
+            }
+            let until = deadline.min(tokio::time::Instant::now() + RECHECK_EVERY);
+            if let Some(rx) = reg.rx.as_mut() {
+                // Notified, or time to look again: either way, read.
+                let _ = tokio::time::timeout_at(until, rx).await;
             }
         }
     }

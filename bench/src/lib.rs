@@ -49,13 +49,6 @@ pub struct BenchArgs {
     /// a DATABASE_URL server must already preload it.
     #[arg(long, global = true)]
     pub profile: bool,
-    /// Experiment, not a production setting: drop apalis's per-row NOTIFY
-    /// trigger on `apalis.jobs` in each scenario's database, so that an
-    /// enqueue's commit no longer takes Postgres's cluster-wide NOTIFY lock.
-    /// Workers then find jobs only by polling: set IDEMQ_QUEUE_POLL_INTERVAL
-    /// low (e.g. 20ms) along with it.
-    #[arg(long, global = true)]
-    pub drop_job_notify_trigger: bool,
     /// Experiment, not a production setting: `synchronous_commit = off` for
     /// each scenario's database (no commit waits for its WAL flush). Tells
     /// how much of a figure is the disk's flush latency and how much CPU.

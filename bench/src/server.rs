@@ -28,7 +28,6 @@ pub struct Server {
     pub profile: bool,
     pub profile_note: Option<String>,
     keep_db: bool,
-    pub drop_job_notify_trigger: bool,
     pub async_commit: bool,
     seq: AtomicU32,
 }
@@ -75,7 +74,6 @@ impl Server {
             profile: false,
             profile_note: None,
             keep_db: args.keep_db,
-            drop_job_notify_trigger: args.drop_job_notify_trigger,
             async_commit: args.async_commit,
             seq: AtomicU32::new(0),
         };
@@ -167,12 +165,6 @@ impl Server {
             )))
             .execute(&pool)
             .await?;
-        }
-        if self.drop_job_notify_trigger {
-            sqlx::query("DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs")
-                .execute(&pool)
-                .await
-                .context("dropping apalis's notify trigger")?;
         }
         if self.profile {
             sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
     idempotency::FINISHED_CHANNEL,
+    notifier::Notifier,
     operation::{OperationId, OperationKind, OperationStatus},
     problem::Problem,
     Error,
@@ -60,28 +61,31 @@ pub async fn start_attempt(pool: &PgPool, op: OperationId) -> Result<Option<Atte
 
 /// One attempt: one transaction that locks the operation row (step 1), runs
 /// the business operation under its row lock (steps 2–3), stores the final
-/// response (step 4) and commits (step 5). Any `Err` has rolled back.
-pub async fn run_attempt(pool: &PgPool, op: OperationId, ttl: Duration) -> Result<AttemptResult, Error> {
-    run_attempt_within(pool, op, ttl, None).await
-}
-
-/// `run_attempt` with each statement limited to `limit` by the server
-/// (`SET LOCAL statement_timeout`, lock waits included). The worker's own
-/// time limit abandons a hung attempt; this makes Postgres abandon it too,
-/// so that its row locks go at once instead of when the hung statement ends.
-pub async fn run_attempt_within(
+/// response (step 4) and commits (step 5). Any `Err` has rolled back. If a
+/// request waits for the operation, `notifier` announces it after the commit.
+///
+/// With `limit`, each statement is limited by the server (`SET LOCAL
+/// statement_timeout`, lock waits included): the worker's own time limit
+/// abandons a hung attempt, and this makes Postgres abandon it too, so that
+/// its row locks go at once instead of when the hung statement ends.
+pub async fn run_attempt(
     pool: &PgPool,
     op: OperationId,
     ttl: Duration,
     limit: Option<Duration>,
+    notifier: &Notifier,
 ) -> Result<AttemptResult, Error> {
-    let mut tx = pool.begin().await?;
-    if let Some(limit) = limit {
-        let ms = limit.as_millis().clamp(1, i32::MAX as u128);
-        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {ms}")))
-            .execute(&mut *tx)
-            .await?;
-    }
+    // The limit travels with BEGIN: one round trip (simple query protocol).
+    let mut tx = match limit {
+        Some(limit) => {
+            let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+            pool.begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL statement_timeout = {ms}"
+            )))
+            .await?
+        }
+        None => pool.begin().await?,
+    };
     let row: Option<(String, String, Uuid, Value)> =
         sqlx::query_as("SELECT status, kind, principal_id, request FROM operations WHERE id = $1 FOR UPDATE")
             .bind(op.uuid())
@@ -99,9 +103,12 @@ pub async fn run_attempt_within(
         principal,
     };
     let outcome = execute(&mut tx, actor, kind, &request).await?;
-    let status = finish(&mut tx, op, &outcome, ttl).await?;
+    let finished = finish(&mut tx, op, &outcome, ttl).await?;
     tx.commit().await?;
-    Ok(AttemptResult::Finished(status))
+    if finished.waited_for {
+        notifier.operation_finished(op);
+    }
+    Ok(AttemptResult::Finished(finished.status))
 }
 
 /// Finishes the operation `failed` with a stored 500-class problem after its
@@ -130,7 +137,10 @@ pub async fn finish_exhausted(
              retry with a new Idempotency-Key."
         )),
     );
-    finish(&mut tx, op, &outcome, ttl).await?;
+    finish(&mut tx, op, &outcome, ttl)
+        .await?
+        .announce_at_commit(&mut tx)
+        .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -168,27 +178,50 @@ fn body<T: DeserializeOwned>(actor: Actor, request: &Value) -> Result<T, Error> 
         .map_err(|e| Error::Corrupt(format!("stored body of {}: {e}", actor.operation)))
 }
 
-/// Step 4: the final response, the status, the expiry, and — only if a
-/// request waits for it — the completion notice (delivered at commit).
+/// What `finish` wrote.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished {
+    op: OperationId,
+    pub status: OperationStatus,
+    /// A request waits for this operation (`Prefer: wait` flagged it under
+    /// the row lock): it must be told, after the commit.
+    pub waited_for: bool,
+}
+
+impl Finished {
+    /// For the rare finishes (exhausted, cancelled): the notice goes out in
+    /// `conn`'s transaction, at its commit. The job path uses `Notifier`
+    /// instead, because a notifying commit runs alone (see `notifier`).
+    pub async fn announce_at_commit(self, conn: &mut PgConnection) -> Result<(), Error> {
+        if self.waited_for {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(FINISHED_CHANNEL)
+                .bind(self.op.uuid().to_string())
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Step 4: the final response, the status and the expiry.
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     op: OperationId,
     outcome: &Outcome,
     ttl: Duration,
-) -> Result<OperationStatus, Error> {
+) -> Result<Finished, Error> {
     let status = if outcome.succeeded {
         OperationStatus::Succeeded
     } else {
         OperationStatus::Failed
     };
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-    sqlx::query(
-        "WITH done AS (
-            UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
-                   response_body = $5, finished_at = now(),
-                   expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
-            WHERE id = $1 RETURNING id, notify_on_finish)
-         SELECT pg_notify($7, id::text) FROM done WHERE notify_on_finish",
+    let waited_for: Option<bool> = sqlx::query_scalar(
+        "UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
+                response_body = $5, finished_at = now(),
+                expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
+         WHERE id = $1 RETURNING notify_on_finish",
     )
     .bind(op.uuid())
     .bind(status.as_str())
@@ -196,8 +229,11 @@ pub(crate) async fn finish(
     .bind(outcome.content_type)
     .bind(&outcome.body)
     .bind(ttl_ms as f64)
-    .bind(FINISHED_CHANNEL)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(status)
+    Ok(Finished {
+        op,
+        status,
+        waited_for: waited_for.unwrap_or(false),
+    })
 }

@@ -11,6 +11,7 @@ pub mod fingerprint;
 pub mod idempotency;
 pub mod job;
 pub mod key;
+pub mod notifier;
 pub mod operation;
 pub mod ops;
 pub mod principal;

@@ -181,7 +181,10 @@ pub async fn cancel(
         Problem::new("operation-cancelled", "The operation was cancelled", 409)
             .detail("An operator cancelled this operation before it ran. Nothing was changed."),
     );
-    crate::job::finish(&mut tx, id, &outcome, ttl).await?;
+    crate::job::finish(&mut tx, id, &outcome, ttl)
+        .await?
+        .announce_at_commit(&mut tx)
+        .await?;
     audit_action(&mut tx, id, principal, "operation.cancel", who).await?;
     tx.commit().await?;
     Ok(ActionResult::Done)

@@ -46,13 +46,22 @@ pub fn new_job_id() -> Ulid {
 }
 
 /// Pushes the job on `conn` — the caller's transaction — so the job and the
-/// operation row commit or roll back together (NOTIFY fires at commit).
+/// operation row commit or roll back together, and wakes the queue's
+/// workers at commit. For the rare enqueues (operator retry, reconciler):
+/// the request path wakes them after its commit through `Notifier`, because
+/// a notifying commit runs alone (see `notifier`).
 pub async fn push(conn: &mut PgConnection, queue: &str, job_id: Ulid, op: OperationId) -> Result<(), Error> {
     let args = job_args(op)?;
     let task = TaskBuilder::new(args)
         .task_id(TaskId::from_ulid(job_id))
         .max_attempts(APALIS_MAX_ATTEMPTS)
         .build();
-    apalis_postgres::queries::push_tasks(conn, queue, vec![task]).await?;
+    apalis_postgres::queries::push_tasks(&mut *conn, queue, vec![task]).await?;
+    sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text, 'id', $3::text)::text)")
+        .bind(crate::notifier::JOB_INSERT_CHANNEL)
+        .bind(queue)
+        .bind(job_id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }

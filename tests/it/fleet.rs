@@ -431,7 +431,7 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
                     () = tokio::time::sleep(pause) => {}
                 }
                 let holders: Vec<String> = sqlx::query_scalar(
-                    "SELECT lock_by FROM apalis.jobs WHERE status = 'Running' AND lock_by IS NOT NULL",
+                    "SELECT lock_by FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
                 )
                 .fetch_all(&pool)
                 .await

@@ -15,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::{BoxDynError, Data};
 use idemq_core::{
     job::{self, AttemptResult},
+    notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
     queue::JobPayload,
@@ -34,6 +35,7 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct JobRunner {
     pool: PgPool,
+    notifier: Notifier,
     ttl: Duration,
     max_attempts: u32,
     timeout: Duration,
@@ -75,6 +77,7 @@ pub fn backoff(attempt: u32) -> Duration {
 impl JobRunner {
     pub fn new(pool: PgPool, settings: &WorkerSettings) -> Self {
         JobRunner {
+            notifier: Notifier::spawn(pool.clone()),
             pool,
             ttl: settings.idempotency_ttl,
             max_attempts: settings.config.job_max_attempts,
@@ -179,12 +182,12 @@ impl JobRunner {
         kind: OperationKind,
         number: u32,
     ) -> Result<AttemptResult, AttemptError> {
-        let pool = self.pool.clone();
+        let (pool, notifier) = (self.pool.clone(), self.notifier.clone());
         let (ttl, limit, faults) = (self.ttl, self.timeout, self.faults.clone());
         let task = tokio::spawn(
             async move {
                 faults.before_attempt(&pool, op, kind, number).await;
-                job::run_attempt_within(&pool, op, ttl, Some(limit)).await
+                job::run_attempt(&pool, op, ttl, Some(limit), &notifier).await
             }
             .in_current_span(),
         );

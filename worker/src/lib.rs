@@ -7,6 +7,7 @@ pub mod faults;
 pub mod job_runner;
 pub mod reconciler;
 pub mod supervise;
+pub mod wake_strategy;
 
 use std::{sync::Arc, time::Duration};
 

@@ -154,7 +154,7 @@ pub async fn run_once(pool: &PgPool, cfg: &ReconcilerConfig) -> Result<Reconcile
     let candidates: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT o.id FROM operations o
          LEFT JOIN apalis.jobs j ON j.id = o.job_id
-         WHERE o.status IN ('queued', 'running')
+         WHERE o.finished_at IS NULL
            AND o.updated_at < now() - $1 * interval '1 millisecond'
            AND ({JOB_STATE_SQL}) <> 'alive'
          ORDER BY o.created_at

@@ -22,13 +22,17 @@ use std::{
 };
 
 use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::PollWith;
 use apalis_core::backend::finalize::DurableError;
-use apalis_postgres::PostgresStorage;
+use apalis_postgres::{PostgresStorage, Pubsub};
 use idemq_core::{config::WorkerConfig, queue::JobPayload};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::job_runner::{self, JobRunner};
+use crate::{
+    job_runner::{self, JobRunner},
+    wake_strategy::WakeOrPoll,
+};
 
 /// How often the watchdog pings the database.
 pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,10 +78,10 @@ pub async fn queue_loop(
             0 => format!("{queue_name}@{instance}"),
             n => format!("{queue_name}@{instance}.{n}"),
         };
-        let backend = PostgresStorage::<JobPayload>::new(&pool)
-            .with_config(crate::queue_config(queue_name, &cfg))
-            .with_pubsub()
-            .poll_with_interval(cfg.queue_poll_interval);
+        let storage =
+            PostgresStorage::<JobPayload>::new(&pool).with_config(crate::queue_config(queue_name, &cfg));
+        let notices = Pubsub::new(pool.clone(), queue_name.to_owned());
+        let backend = PollWith::new(storage, WakeOrPoll::new(notices, cfg.queue_poll_interval));
         let worker = WorkerBuilder::new(name.clone())
             .backend(backend)
             .data(runner.clone())

@@ -81,10 +81,6 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
             "experiment: synchronous_commit = off for this database (commits do not wait for the disk)",
         );
     }
-    if server.drop_job_notify_trigger {
-        report.param("experiment", "drop-job-notify-trigger");
-        report.note("experiment: apalis's NOTIFY trigger on apalis.jobs dropped; workers poll");
-    }
     let db = match server.fresh_db(name).await {
         Ok(db) => db,
         Err(e) => {
@@ -231,7 +227,7 @@ async fn profile_take(server: &Server, db: &RunDb, report: &mut Report) {
                  left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query
           FROM pg_stat_statements
           WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-          ORDER BY total_exec_time DESC LIMIT 12",
+          ORDER BY total_exec_time DESC LIMIT 20",
     )
     .fetch_all(&db.pool)
     .await;

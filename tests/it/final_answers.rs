@@ -1,0 +1,68 @@
+//! Repeats of succeeded requests are answered from the API's memory
+//! (api/src/final_answers.rs): the same bytes, without the database; other
+//! repeats still go to the database.
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_repeat_of_a_succeeded_request_is_answered_from_memory_byte_for_byte() {
+    let mut app = spawn_app().await;
+    app.insert_invoice("123").await;
+    app.start_worker().await;
+    let paid: Value = app.mark_paid("123", "key-paid").await.json().await.unwrap();
+    app.await_final(paid["id"].as_str().unwrap()).await;
+    let refused: Value = app.mark_paid("404", "key-refused").await.json().await.unwrap();
+    let refused = app.await_final(refused["id"].as_str().unwrap()).await;
+    assert_eq!(refused["response"]["status"], 404, "{refused}");
+    // One repeat each through the database (this is when an answer is kept).
+    let from_db = Answer::read(app.mark_paid("123", "key-paid").await).await;
+    assert_eq!(from_db.status, StatusCode::OK);
+    assert_eq!(from_db.replayed.as_deref(), Some("true"));
+    let refusal_from_db = Answer::read(app.mark_paid("404", "key-refused").await).await;
+    assert_eq!(refusal_from_db.status, StatusCode::NOT_FOUND);
+    app.stop_workers().await;
+
+    // Only memory can answer now.
+    sqlx::query("ALTER TABLE operations RENAME TO operations_out_of_reach")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let from_memory = Answer::read(app.mark_paid("123", "key-paid").await).await;
+    assert_eq!(from_memory.status, from_db.status);
+    assert_eq!(from_memory.content_type, from_db.content_type);
+    assert_eq!(from_memory.replayed.as_deref(), Some("true"));
+    assert_eq!(from_memory.body, from_db.body, "{from_memory:?}");
+    // With `Prefer: wait` too (it is final: nothing to wait for).
+    let waited = Answer::read(
+        app.request(Method::PATCH, "/invoices/123/mark-paid")
+            .header("Idempotency-Key", "key-paid")
+            .header("Prefer", "wait=5")
+            .json(&json!({ "paymentMethod": "card" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(waited.body, from_db.body);
+    assert_eq!(waited.preference_applied.as_deref(), Some("wait=5"));
+
+    // A refusal is not kept (an operator may retry a failed operation), and
+    // a different request under a kept key is the database's to judge (422):
+    // both need the records, so neither is answered now.
+    let refusal = Answer::read(app.mark_paid("404", "key-refused").await).await;
+    assert_ne!(refusal.status, StatusCode::NOT_FOUND, "{refusal:?}");
+    let reused = Answer::read(
+        app.request(Method::PATCH, "/invoices/123/mark-paid")
+            .header("Idempotency-Key", "key-paid")
+            .json(&json!({ "paymentMethod": "cash" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(reused.status, StatusCode::OK, "{reused:?}");
+    assert_eq!(reused.replayed, None);
+}
