@@ -69,12 +69,14 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     );
     supervise::warn_if_pool_too_small(&pool, &settings.config);
     let mut loops: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let notices = wake_strategy::JobNotices::spawn(pool.clone());
     for queue_name in queue::ALL {
         let queue_loop = supervise::queue_loop(
             pool.clone(),
             queue_name,
             instance.clone(),
             runner.clone(),
+            notices.clone(),
             settings.config.clone(),
             shutdown.clone(),
         );

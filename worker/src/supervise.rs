@@ -24,14 +24,14 @@ use std::{
 use apalis::prelude::*;
 use apalis_core::backend::ext::poll_strategy::PollWith;
 use apalis_core::backend::finalize::DurableError;
-use apalis_postgres::{PostgresStorage, Pubsub};
+use apalis_postgres::PostgresStorage;
 use idemq_core::{config::WorkerConfig, queue::JobPayload};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     job_runner::{self, JobRunner},
-    wake_strategy::WakeOrPoll,
+    wake_strategy::{JobNotices, WakeOrPoll},
 };
 
 /// How often the watchdog pings the database.
@@ -68,6 +68,7 @@ pub async fn queue_loop(
     queue_name: &'static str,
     instance: String,
     runner: Arc<JobRunner>,
+    notices: JobNotices,
     cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -80,8 +81,10 @@ pub async fn queue_loop(
         };
         let storage =
             PostgresStorage::<JobPayload>::new(&pool).with_config(crate::queue_config(queue_name, &cfg));
-        let notices = Pubsub::new(pool.clone(), queue_name.to_owned());
-        let backend = PollWith::new(storage, WakeOrPoll::new(notices, cfg.queue_poll_interval));
+        let backend = PollWith::new(
+            storage,
+            WakeOrPoll::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
+        );
         let worker = WorkerBuilder::new(name.clone())
             .backend(backend)
             .data(runner.clone())

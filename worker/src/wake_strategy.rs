@@ -25,8 +25,15 @@ use std::{
     time::Duration,
 };
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
-use futures::{Stream, StreamExt};
+use futures::{channel::mpsc, Stream, StreamExt};
+use idemq_core::notifier::JOB_INSERT_CHANNEL;
+use sqlx::{postgres::PgListener, PgPool};
 use tokio::time::{sleep, Instant, Sleep};
 
 /// How long after a notice the queue is looked at once more.
@@ -95,6 +102,83 @@ impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
     }
 }
 
+/// One LISTEN connection per worker process for every queue's wake-ups.
+/// Postgres signals every listening backend of the database for every
+/// notice, whatever its channel: apalis's `Pubsub` listened once per queue
+/// loop (three backends per worker process, each woken by every notice).
+/// Here one backend per process listens and this task hands each notice to
+/// the loops of its queue; after a lost connection it wakes them all (notices
+/// may have been missed) and listens again.
+#[derive(Debug, Clone, Default)]
+pub struct JobNotices {
+    subscribers: Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<()>>>>>,
+}
+
+impl JobNotices {
+    /// Starts the listener task; it ends with the process.
+    pub fn spawn(pool: PgPool) -> Self {
+        let me = JobNotices::default();
+        let task = me.clone();
+        tokio::spawn(async move { task.listen(pool).await });
+        me
+    }
+
+    /// The wake-ups of `queue`, for one worker loop.
+    pub fn subscribe(&self, queue: &str) -> mpsc::UnboundedReceiver<()> {
+        let (tx, rx) = mpsc::unbounded();
+        if let Ok(mut s) = self.subscribers.lock() {
+            s.entry(queue.to_owned()).or_default().push(tx);
+        }
+        rx
+    }
+
+    fn wake(&self, queue: Option<&str>) {
+        if let Ok(mut s) = self.subscribers.lock() {
+            for (q, senders) in s.iter_mut() {
+                if queue.is_none_or(|queue| queue == q) {
+                    senders.retain(|tx| tx.unbounded_send(()).is_ok());
+                }
+            }
+        }
+    }
+
+    async fn listen(&self, pool: PgPool) {
+        loop {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => match listener.listen(JOB_INSERT_CHANNEL).await {
+                    Ok(()) => {
+                        self.wake(None);
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(n)) => {
+                                    let queue = serde_json::from_str::<serde_json::Value>(n.payload())
+                                        .ok()
+                                        .and_then(|v| v["job_type"].as_str().map(str::to_owned));
+                                    if let Some(queue) = queue {
+                                        self.wake(Some(&queue));
+                                    }
+                                }
+                                // Reconnected by sqlx: notices may have been lost.
+                                Ok(None) => self.wake(None),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "job wake-up listener failed");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for job wake-ups"),
+                },
+                Err(e) => tracing::debug!(error = %e, "cannot connect the job wake-up listener"),
+            }
+            if pool.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{
@@ -102,7 +186,7 @@ mod tests {
         Arc,
     };
 
-    use futures::{channel::mpsc, task::ArcWake};
+    use futures::task::ArcWake;
 
     use super::*;
 
