@@ -16,6 +16,7 @@ mod openapi;
 mod ops;
 mod payments;
 mod property;
+mod queue_schema;
 mod rate_limit;
 mod read_models;
 mod wakeups;

@@ -40,9 +40,15 @@ pub fn instance_name() -> String {
     format!("{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
 }
 
+/// apalis's `lock_tasks` is off: a fetched job is already `Queued` with
+/// `lock_by`/`lock_at` set, and marking it `Running` when its handler starts
+/// was one more write of the job row (with its index entries) per job,
+/// rarely folded into the ack at light load. Orphan recovery treats `Queued`
+/// and `Running` alike; whether an operation runs is `operations.status`.
 fn queue_config(queue: &str, cfg: &WorkerConfig) -> QueueConfig {
     QueueConfig::default()
         .queue(queue)
+        .lock_tasks(false)
         .batch_size(cfg.queue_batch_size as usize)
         .heartbeat_interval(cfg.worker_lease / HEARTBEATS_PER_LEASE)
         .missed_heartbeats(HEARTBEATS_PER_LEASE as usize)

@@ -142,7 +142,8 @@ fn mark_paid(
 
 async fn unfinished(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(
-        sqlx::query_scalar("SELECT count(*) FROM operations WHERE status IN ('queued', 'running')")
+        // `finished_at IS NULL` is the unfinished operations' partial index.
+        sqlx::query_scalar("SELECT count(*) FROM operations WHERE finished_at IS NULL")
             .fetch_one(pool)
             .await?,
     )
