@@ -2,6 +2,7 @@
 //! private Postgres cluster (shared with the test harness).
 pub mod cli;
 pub mod dev;
+pub mod json_log;
 pub mod pg_cluster;
 pub mod telemetry;
 pub mod worker_health;

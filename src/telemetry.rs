@@ -9,12 +9,8 @@ pub fn init(format: &str) {
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            // The current span carries the request's or job's fields; the
-            // list of enclosing spans repeated them (≈ 40 % of a line).
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(crate::json_log::JsonLine)
             .try_init()
     } else {
         builder.try_init()

@@ -93,13 +93,15 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
-    tracing::Span::current().record("principal", principal.name());
     let ratelimit = match limits.map(|l| l.check(class, Subject::Principal(principal.id()), principal.name()))
     {
+        // The `rate-limit` line names the principal itself: the refusal
+        // skips re-recording the span's fields (a re-serialisation).
         Some(Verdict::Limited(r)) => return r,
         Some(Verdict::Allowed(h)) => Some(h),
         None => None,
     };
+    tracing::Span::current().record("principal", principal.name());
     req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
     if let Some(h) = ratelimit {

@@ -96,6 +96,13 @@ impl LoadResult {
             .join(" ")
     }
 
+    /// Adds a later run of the same load (its time included). Event times
+    /// stay relative to their own run: `window` does not apply to the sum.
+    pub fn append(&mut self, other: LoadResult) {
+        self.elapsed += other.elapsed;
+        self.merge(other);
+    }
+
     fn merge(&mut self, other: LoadResult) {
         for (s, n) in other.statuses {
             *self.statuses.entry(s).or_default() += n;

@@ -8,7 +8,7 @@ use clap::Args;
 use super::{fleet, mark_paid, profile_reset, profile_take};
 use crate::{
     cpu::CpuProbe,
-    load::{closed_loop_for, http_client, Reply},
+    load::{closed_loop_for, http_client, LoadResult, Reply},
     progress,
     report::Report,
     server::{RunDb, Server},
@@ -21,7 +21,7 @@ pub struct LimitedArgs {
     /// Concurrent HTTP clients (both phases).
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Duration of each phase.
+    /// Duration of each phase (in alternating one-second slices).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// The sensitive limit set for the API.
@@ -41,62 +41,71 @@ pub async fn run(server: &Server, db: &RunDb, args: &LimitedArgs, report: &mut R
         ])
         .await?;
     let client = http_client()?;
-    let duration = Duration::from_secs(args.seconds);
-
+    // The two phases alternate in one-second slices (ABBA: 429s first in even
+    // rounds), so that the machine's ups and downs — other processes, the
+    // disk — fall on both alike; back-to-back phases moved the ratio by ±0.1.
+    let slice = Duration::from_secs(1);
+    let rounds = args.seconds.max(1);
     progress(format!(
-        "limited: mark-paid past the limit, {} clients for {} s",
+        "limited: mark-paid past the limit and /healthz, {} clients, alternating 1 s slices, {} s each",
         args.clients, args.seconds
     ));
     let probe = CpuProbe::new(fleet.api_pid(), vec![], &db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
-    let limited = {
-        let (client, api, token) = (client.clone(), fleet.api_url.clone(), db.token.clone());
-        closed_loop_for(args.clients, duration, move |c, n| {
-            let key = format!("lim-{c}-{n}");
-            let req = mark_paid(&client, &api, &token, &key, &key);
-            async move {
-                match req.send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let retry_after = r.headers().contains_key("retry-after");
-                        let _ = r.bytes().await;
-                        // The burst lets the first request through.
-                        Reply::expect(status, (status == 429 && retry_after) || status == 202, || {
-                            format!("{status}, Retry-After present: {retry_after}")
-                        })
-                    }
-                    Err(e) => Reply::transport(e),
-                }
+    let mut limited = LoadResult::default();
+    let mut health = LoadResult::default();
+    for round in 0..rounds {
+        for refusals in [round % 2 == 0, round % 2 == 1] {
+            if refusals {
+                let (client, api, token) = (client.clone(), fleet.api_url.clone(), db.token.clone());
+                limited.append(
+                    closed_loop_for(args.clients, slice, move |c, n| {
+                        let key = format!("lim-{round}-{c}-{n}");
+                        let req = mark_paid(&client, &api, &token, &key, &key);
+                        async move {
+                            match req.send().await {
+                                Ok(r) => {
+                                    let status = r.status().as_u16();
+                                    let retry_after = r.headers().contains_key("retry-after");
+                                    let _ = r.bytes().await;
+                                    // The burst lets the first request through.
+                                    Reply::expect(
+                                        status,
+                                        (status == 429 && retry_after) || status == 202,
+                                        || format!("{status}, Retry-After present: {retry_after}"),
+                                    )
+                                }
+                                Err(e) => Reply::transport(e),
+                            }
+                        }
+                    })
+                    .await,
+                );
+            } else {
+                let (client, api) = (client.clone(), fleet.api_url.clone());
+                health.append(
+                    closed_loop_for(args.clients, slice, move |_, _| {
+                        let req = client.get(format!("{api}/healthz"));
+                        async move {
+                            match req.send().await {
+                                Ok(r) => {
+                                    let status = r.status().as_u16();
+                                    let _ = r.bytes().await;
+                                    Reply::expect(status, status == 200, || format!("{status}"))
+                                }
+                                Err(e) => Reply::transport(e),
+                            }
+                        }
+                    })
+                    .await,
+                );
             }
-        })
-        .await
-    };
+        }
+    }
     let after = probe.snapshot();
     profile_take(server, db, report).await;
     report.cpu = Some(probe.split(&before, &after));
-
-    progress(format!(
-        "limited: /healthz, {} clients for {} s",
-        args.clients, args.seconds
-    ));
-    let health = {
-        let (client, api) = (client.clone(), fleet.api_url.clone());
-        closed_loop_for(args.clients, duration, move |_, _| {
-            let req = client.get(format!("{api}/healthz"));
-            async move {
-                match req.send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        Reply::expect(status, status == 200, || format!("{status}"))
-                    }
-                    Err(e) => Reply::transport(e),
-                }
-            }
-        })
-        .await
-    };
     fleet.check_alive()?;
     report.set_rss(fleet.rss());
 
