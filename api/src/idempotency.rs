@@ -11,13 +11,17 @@ use idemq_core::{
     fingerprint::Fingerprint,
     idempotency::{self, NewOperation, NextAction},
     key::IdempotencyKey,
-    operation::{Operation, OperationKind},
+    operation::{Operation, OperationId, OperationKind},
     principal::Principal,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
-use crate::{error::ApiError, waiters::MAX_WAIT, AppState};
+use crate::{
+    error::ApiError,
+    waiters::{Registration, MAX_WAIT},
+    AppState,
+};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -118,9 +122,14 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         return Ok(mark(kept.response(), true, wait));
     }
     let request = json!({ "params": params, "body": body_value });
+    let id = OperationId::new();
+    // A waiting request listens before its operation exists (see `Waiters::expect`).
+    let expected = wait.map(|_| state.waiters.expect(id));
     let next = idempotency::begin(
         &state.pool,
         NewOperation {
+            id,
+            announce_finish: wait.is_some(),
             principal,
             key: &key,
             fingerprint,
@@ -134,14 +143,15 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
             state.notifier.job_pushed(op.kind.queue(), &op.job_id);
             tracing::Span::current().record("operation", op.id.to_string());
             tracing::info!(operation = %op.id, kind = op.kind.as_str(), "operation accepted");
-            answer(state, principal, op, false, wait).await
+            answer(state, principal, op, false, wait, expected).await
         }
         NextAction::Existing(op) => {
             tracing::Span::current().record("operation", op.id.to_string());
             tracing::info!(operation = %op.id, status = op.status.as_str(), "IDEMPOTENT replay");
             metrics::counter!(idemq_core::telemetry::REPLAYS).increment(1);
             state.final_answers.remember(&op);
-            answer(state, principal, op, true, wait).await
+            drop(expected);
+            answer(state, principal, op, true, wait, None).await
         }
         NextAction::KeyReused(op) => {
             tracing::info!(operation = %op.id, "key reused with a different fingerprint");
@@ -159,11 +169,12 @@ pub async fn answer(
     op: Operation,
     replayed: bool,
     wait: Option<Duration>,
+    expected: Option<Registration<'_>>,
 ) -> Result<Response, ApiError> {
     let op = match wait {
         Some(w) if !op.status.is_final() => state
             .waiters
-            .wait_for(&state.pool, principal, op.id, w)
+            .wait_for(&state.pool, principal, op.id, w, expected)
             .await?
             .unwrap_or(op),
         _ => op,

@@ -110,37 +110,52 @@ impl Waiters {
         }
     }
 
+    /// For a new request that waits: listen for `id` before the operation is
+    /// recorded (flagged, see `NewOperation::announce_finish`), so that its
+    /// completion notice cannot come first. Hand it to `wait_for`.
+    pub fn expect(&self, id: OperationId) -> Registration<'_> {
+        self.register(id.uuid())
+    }
+
     /// Waits until the operation is final or `wait` has passed, then returns
     /// its current state (None: it no longer exists). The completion notice
     /// is a hint sent after the commit (`idemq_core::notifier`): if it is
-    /// lost, the waiter looks again every `RECHECK_EVERY`.
+    /// lost, the waiter looks again every `RECHECK_EVERY`. `expected`: the
+    /// operation was just recorded flagged, under that registration (no
+    /// first read needed).
     pub async fn wait_for(
         &self,
         pool: &PgPool,
         principal: &Principal,
         op: OperationId,
         wait: Duration,
+        mut expected: Option<Registration<'_>>,
     ) -> Result<Option<Operation>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut flagged = false;
+        let mut flagged = expected.is_some();
         loop {
-            // Register before reading, so a completion between the read and
-            // the wait is not missed.
-            let mut reg = self.register(op.uuid());
-            // The first read also asks for the completion notice (only
-            // waited-for operations are announced).
-            let current = if flagged {
-                idempotency::find(pool, principal, op).await?
-            } else {
-                flagged = true;
-                idempotency::watch(pool, principal, op).await?
+            let mut reg = match expected.take() {
+                Some(reg) => reg,
+                None => {
+                    // Register before reading, so a completion between the
+                    // read and the wait is not missed.
+                    let reg = self.register(op.uuid());
+                    // The first read also asks for the completion notice
+                    // (only waited-for operations are announced).
+                    let current = if flagged {
+                        idempotency::find(pool, principal, op).await?
+                    } else {
+                        flagged = true;
+                        idempotency::watch(pool, principal, op).await?
+                    };
+                    if current.as_ref().is_none_or(|o| o.status.is_final())
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        return Ok(current);
+                    }
+                    reg
+                }
             };
-            if current.as_ref().is_none_or(|o| o.status.is_final()) {
-                return Ok(current);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(current);
-            }
             let until = deadline.min(tokio::time::Instant::now() + RECHECK_EVERY);
             if let Some(rx) = reg.rx.as_mut() {
                 // Notified, or time to look again: either way, read.
@@ -150,7 +165,8 @@ impl Waiters {
     }
 }
 
-struct Registration<'a> {
+/// A waiter's place, from `Waiters::expect`.
+pub struct Registration<'a> {
     waiters: &'a Waiters,
     id: Uuid,
     rx: Option<oneshot::Receiver<()>>,

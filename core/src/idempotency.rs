@@ -24,6 +24,12 @@ pub enum NextAction {
 
 /// What a new operation needs.
 pub struct NewOperation<'a> {
+    /// The id it gets if it is new (chosen first, so that a waiting request
+    /// can listen for it before it exists).
+    pub id: OperationId,
+    /// A request waits for it (`Prefer: wait`): its finish is announced
+    /// (see `watch`), flagged in the same statement that records it.
+    pub announce_finish: bool,
     pub principal: &'a Principal,
     pub key: &'a IdempotencyKey,
     pub fingerprint: Fingerprint,
@@ -45,13 +51,14 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
     use sqlx::{FromRow, Row};
     // Two rounds at most: the second follows the removal of an expired record.
     for _ in 0..2 {
-        let id = OperationId::new();
+        let id = new.id;
         let job_id = queue::new_job_id();
         let queue_name = new.kind.queue();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH op AS (
-                INSERT INTO operations (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                INSERT INTO operations
+                    (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id, notify_on_finish)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $11)
                 ON CONFLICT (principal_id, idempotency_key) DO NOTHING
                 RETURNING {COLUMNS}
              ), job AS ({INSERT_JOB} FROM op)
@@ -70,6 +77,7 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         .bind(job_id.to_string())
         .bind(queue::job_args(id)?)
         .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+        .bind(new.announce_finish)
         .fetch_optional(pool)
         .await?;
         let existing = match row {

@@ -16,7 +16,8 @@
 //! Here every poll drains all pending notices (one fetch answers them all),
 //! and each notice also arms a re-check `RECHECK_AFTER` later, which wakes the
 //! task once more: a job missed by an in-flight fetch waits that long, not
-//! a poll interval. The timer stays for retries and delayed jobs (they send
+//! a poll interval. The re-check is dropped once the worker hands out a task
+//! after the notice (apalis then fetches again anyway). The timer stays for retries and delayed jobs (they send
 //! no notice) and for lost notices.
 use std::{
     future::Future,
@@ -44,6 +45,10 @@ pub struct WakeOrPoll<S> {
     interval: Duration,
     timer: Pin<Box<Sleep>>,
     recheck: Option<Pin<Box<Sleep>>>,
+    /// Tasks handed out when the latest notice was drained: a task handed out
+    /// after it makes the re-check needless, because apalis fetches again
+    /// after each batch it hands out, with a snapshot newer than the notice.
+    handed_out_at_notice: u64,
 }
 
 impl<S> WakeOrPoll<S> {
@@ -53,12 +58,13 @@ impl<S> WakeOrPoll<S> {
             interval,
             timer: Box::pin(sleep(interval)),
             recheck: None,
+            handed_out_at_notice: 0,
         }
     }
 }
 
 impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, snapshot: &PollSnapshot) -> Poll<Option<()>> {
         let mut wake = false;
         // Drain, so that the stream holds our waker for the next notice.
         if let Some(notices) = self.notices.as_mut() {
@@ -75,8 +81,11 @@ impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
                 }
             }
         }
-        if wake && self.recheck.is_none() {
-            self.recheck = Some(Box::pin(sleep(RECHECK_AFTER)));
+        if wake {
+            self.handed_out_at_notice = snapshot.total_ready;
+            if self.recheck.is_none() {
+                self.recheck = Some(Box::pin(sleep(RECHECK_AFTER)));
+            }
         }
         if let Some(recheck) = self.recheck.as_mut() {
             if recheck.as_mut().poll(cx).is_ready() {
@@ -98,6 +107,12 @@ impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
             Poll::Ready(Some(()))
         } else {
             Poll::Pending
+        }
+    }
+
+    fn on_poll(&mut self, snapshot: &PollSnapshot) {
+        if snapshot.total_ready > self.handed_out_at_notice {
+            self.recheck = None;
         }
     }
 }
@@ -224,5 +239,23 @@ mod tests {
         assert!(!drive(&mut s, &wakes), "a closed stream is not a wake-up");
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(drive(&mut s, &wakes), "the timer goes on without notices");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_handed_out_after_the_notice_makes_the_recheck_needless() {
+        let (tx, rx) = mpsc::unbounded();
+        let mut s = WakeOrPoll::new(rx, Duration::from_secs(60));
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        tx.unbounded_send(1).unwrap();
+        assert!(drive(&mut s, &wakes));
+        s.on_poll(&PollSnapshot {
+            total_ready: 1,
+            ..PollSnapshot::new()
+        });
+        tokio::time::advance(RECHECK_AFTER).await;
+        assert!(
+            !drive(&mut s, &wakes),
+            "no re-check: apalis fetches after handing out"
+        );
     }
 }

@@ -33,7 +33,12 @@ pub async fn get(
     let op_id: OperationId = id.parse().map_err(|_| not_found())?;
     let wait = prefer_wait(&headers);
     let op = match wait {
-        Some(w) => state.waiters.wait_for(&state.pool, &principal, op_id, w).await?,
+        Some(w) => {
+            state
+                .waiters
+                .wait_for(&state.pool, &principal, op_id, w, None)
+                .await?
+        }
         None => idempotency::find(&state.pool, &principal, op_id).await?,
     }
     .ok_or_else(not_found)?;

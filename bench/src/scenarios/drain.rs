@@ -136,6 +136,8 @@ async fn enqueue(db: &RunDb, n: u64, concurrency: usize) -> anyhow::Result<()> {
                 let next_action = idempotency::begin(
                     &pool,
                     NewOperation {
+                        id: idemq_core::operation::OperationId::new(),
+                        announce_finish: false,
                         principal: &principal,
                         key: &key,
                         fingerprint,
