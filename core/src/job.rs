@@ -105,6 +105,9 @@ pub async fn run_attempt(
     let outcome = execute(&mut tx, actor, kind, &request).await?;
     let finished = finish(&mut tx, op, &outcome, ttl).await?;
     tx.commit().await?;
+    if let Some(audit) = &outcome.audit {
+        audit.log();
+    }
     if finished.waited_for {
         notifier.operation_finished(op);
     }
@@ -217,8 +220,15 @@ pub(crate) async fn finish(
         OperationStatus::Failed
     };
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    let audit = outcome.audit.as_ref();
+    // The audit entry (step 3) rides with the response (step 4): one
+    // statement, the same transaction.
     let waited_for: Option<bool> = sqlx::query_scalar(
-        "UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
+        "WITH audit AS (
+            INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
+            SELECT $1, $7, $8, $9, $10, $11 WHERE $8::text IS NOT NULL
+         )
+         UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
                 response_body = $5, finished_at = now(),
                 expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
          WHERE id = $1 RETURNING notify_on_finish",
@@ -229,6 +239,11 @@ pub(crate) async fn finish(
     .bind(outcome.content_type)
     .bind(&outcome.body)
     .bind(ttl_ms as f64)
+    .bind(audit.map(|a| a.actor.principal))
+    .bind(audit.map(|a| a.action))
+    .bind(audit.map(|a| a.entity_type))
+    .bind(audit.map(|a| a.entity_id.as_str()))
+    .bind(audit.map(|a| &a.details))
     .fetch_optional(conn)
     .await?;
     Ok(Finished {

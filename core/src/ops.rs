@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    business::{audit, Actor, Outcome},
+    business::{Actor, Audit, Outcome},
     operation::{OperationId, OperationStatus},
     problem::Problem,
     queue, Error,
@@ -114,22 +114,16 @@ async fn audit_action(
     conn: &mut PgConnection,
     id: OperationId,
     principal: Uuid,
-    action: &str,
+    action: &'static str,
     who: &str,
 ) -> Result<(), Error> {
     let actor = Actor {
         operation: id,
         principal,
     };
-    audit(
-        conn,
-        actor,
-        action,
-        "operation",
-        &id.to_string(),
-        json!({ "by": who }),
-    )
-    .await?;
+    let audit = Audit::new(actor, action, "operation", &id.to_string(), json!({ "by": who }));
+    audit.insert(conn).await?;
+    audit.log();
     tracing::info!(operation = %id, by = who, action, "ops: action done");
     Ok(())
 }

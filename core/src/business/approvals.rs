@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgExecutor};
 
-use super::{audit, Actor, Outcome};
+use super::{Actor, Audit, Outcome};
 use crate::{problem::Problem, Error};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -131,28 +131,27 @@ async fn decide(
             .bind(id)
             .fetch_one(&mut *conn)
             .await?;
-            audit(
-                conn,
+            let audit = Audit::new(
                 actor,
                 "application.approve",
                 "application",
                 id,
                 json!({ "contractId": contract.id, "version": application.version }),
+            );
+            Ok(
+                Outcome::success(200, &json!({ "application": application, "contract": contract }))?
+                    .audited(audit),
             )
-            .await?;
-            Outcome::success(200, &json!({ "application": application, "contract": contract }))
         }
         Decision::Reject(_) => {
-            audit(
-                conn,
+            let audit = Audit::new(
                 actor,
                 "application.reject",
                 "application",
                 id,
                 json!({ "version": application.version }),
-            )
-            .await?;
-            Outcome::success(200, &json!({ "application": application }))
+            );
+            Ok(Outcome::success(200, &json!({ "application": application }))?.audited(audit))
         }
     }
 }

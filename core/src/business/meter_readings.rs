@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Number};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::{audit, Actor, Outcome};
+use super::{Actor, Audit, Outcome};
 use crate::{problem::Problem, Error};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -90,16 +90,14 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
     .fetch_one(&mut *conn)
     .await?;
     let saved = to_reading(row)?;
-    audit(
-        conn,
+    let audit = Audit::new(
         actor,
         "meter_reading.record",
         "contract",
         &req.contract_id,
         json!({ "meterReadingId": saved.id, "reading": saved.reading }),
-    )
-    .await?;
-    Outcome::success(201, &json!({ "meterReading": saved }))
+    );
+    Ok(Outcome::success(201, &json!({ "meterReading": saved }))?.audited(audit))
 }
 
 /// Read model for `GET /contracts/{id}/meter-readings` (None: no such contract).

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::{operation::OperationId, problem::Problem, Error};
 
-/// The final response a job stores for replay.
+/// The final response a job stores for replay, and the audit entry of its
+/// effect (none for a refusal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub status: u16,
@@ -22,6 +23,9 @@ pub struct Outcome {
     pub body: String,
     /// `false` for a business refusal: the operation finishes `failed`.
     pub succeeded: bool,
+    /// Written by the job's finish, in the same statement as the response
+    /// (one round trip less per job), in the effect's transaction.
+    pub audit: Option<Audit>,
 }
 
 impl Outcome {
@@ -31,6 +35,7 @@ impl Outcome {
             content_type: "application/json",
             body: serde_json::to_string(body).map_err(|e| Error::Corrupt(e.to_string()))?,
             succeeded: true,
+            audit: None,
         })
     }
 
@@ -40,40 +45,79 @@ impl Outcome {
             content_type: crate::problem::CONTENT_TYPE,
             body: problem.to_json(),
             succeeded: false,
+            audit: None,
         }
+    }
+
+    /// The effect's one audit entry.
+    pub fn audited(mut self, audit: Audit) -> Self {
+        self.audit = Some(audit);
+        self
     }
 }
 
 /// Who asked, for the audit entry.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Actor {
     pub operation: OperationId,
     pub principal: Uuid,
 }
 
-/// The one audit entry of an effect, in the effect's transaction.
-pub async fn audit(
-    conn: &mut PgConnection,
-    actor: Actor,
-    action: &str,
-    entity_type: &str,
-    entity_id: &str,
-    details: Value,
-) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(actor.operation.uuid())
-    .bind(actor.principal)
-    .bind(action)
-    .bind(entity_type)
-    .bind(entity_id)
-    .bind(details)
-    .execute(conn)
-    .await?;
-    tracing::info!(operation = %actor.operation, action, entity_type, entity_id, "audit");
-    Ok(())
+/// The one audit entry of an effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub actor: Actor,
+    pub action: &'static str,
+    pub entity_type: &'static str,
+    pub entity_id: String,
+    pub details: Value,
+}
+
+impl Audit {
+    pub fn new(
+        actor: Actor,
+        action: &'static str,
+        entity_type: &'static str,
+        entity_id: &str,
+        details: Value,
+    ) -> Self {
+        Audit {
+            actor,
+            action,
+            entity_type,
+            entity_id: entity_id.to_owned(),
+            details,
+        }
+    }
+
+    /// Writes the entry on `conn`, for entries no `Outcome` carries (the
+    /// operator's actions).
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(self.actor.operation.uuid())
+        .bind(self.actor.principal)
+        .bind(self.action)
+        .bind(self.entity_type)
+        .bind(&self.entity_id)
+        .bind(&self.details)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The `audit` log line, once the entry is committed.
+    pub fn log(&self) {
+        tracing::info!(
+            operation = %self.actor.operation,
+            action = self.action,
+            entity_type = self.entity_type,
+            entity_id = %self.entity_id,
+            "audit"
+        );
+    }
 }
 
 /// `idemq_lock_wait_seconds{kind}`: time spent acquiring the business row

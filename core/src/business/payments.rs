@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgExecutor};
 
-use super::{audit, Actor, Outcome};
+use super::{Actor, Audit, Outcome};
 use crate::{problem::Problem, Error};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -63,16 +63,14 @@ pub async fn mark_paid(
     .bind(actor.operation.uuid())
     .fetch_one(&mut *conn)
     .await?;
-    audit(
-        conn,
+    let audit = Audit::new(
         actor,
         "invoice.mark_paid",
         "invoice",
         invoice_id,
         json!({ "paymentMethod": req.payment_method, "amountCents": paid.amount_cents }),
-    )
-    .await?;
-    Outcome::success(200, &json!({ "invoice": paid }))
+    );
+    Ok(Outcome::success(200, &json!({ "invoice": paid }))?.audited(audit))
 }
 
 /// Read model for `GET /invoices/{id}`.
