@@ -75,7 +75,7 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     );
     supervise::warn_if_pool_too_small(&pool, &settings.config);
     let mut loops: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let notices = wake_strategy::JobNotices::spawn(pool.clone());
+    let notices = wake_strategy::JobNotices::spawn(pool.clone(), shutdown.clone());
     for queue_name in queue::ALL {
         let queue_loop = supervise::queue_loop(
             pool.clone(),

@@ -36,6 +36,7 @@ use futures::{channel::mpsc, Stream, StreamExt};
 use idemq_core::notifier::JOB_INSERT_CHANNEL;
 use sqlx::{postgres::PgListener, PgPool};
 use tokio::time::{sleep, Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 /// How long after a notice the queue is looked at once more.
 pub const RECHECK_AFTER: Duration = Duration::from_millis(20);
@@ -130,11 +131,16 @@ pub struct JobNotices {
 }
 
 impl JobNotices {
-    /// Starts the listener task; it ends with the process.
-    pub fn spawn(pool: PgPool) -> Self {
+    /// Starts the listener task; it ends when `stop` is cancelled.
+    pub fn spawn(pool: PgPool, stop: CancellationToken) -> Self {
         let me = JobNotices::default();
         let task = me.clone();
-        tokio::spawn(async move { task.listen(pool).await });
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task.listen(pool) => {}
+                () = stop.cancelled() => {}
+            }
+        });
         me
     }
 
