@@ -10,7 +10,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request},
-    http::{HeaderMap, HeaderName, HeaderValue, Method},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use governor::{
@@ -19,10 +19,11 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
     Quota, RateLimiter,
 };
-use idemq_core::{config::RateSpec, problem::Problem};
+use idemq_core::{
+    config::RateSpec,
+    problem::{CONTENT_TYPE, TYPE_BASE},
+};
 use uuid::Uuid;
-
-use crate::error::problem_response;
 
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -67,6 +68,8 @@ type Keyed = RateLimiter<Subject, DefaultKeyedStateStore<Subject>, DefaultClock,
 struct ClassLimiter {
     spec: RateSpec,
     limiter: Keyed,
+    /// `RateLimit-Policy`, the same for every answer of the class.
+    policy: HeaderValue,
 }
 
 /// The answer of a check: headers for a success, or a ready 429.
@@ -103,10 +106,12 @@ impl Limits {
             sensitive: ClassLimiter {
                 spec: sensitive,
                 limiter: RateLimiter::keyed(quota(&sensitive)).with_middleware(),
+                policy: policy(Class::Sensitive, &sensitive),
             },
             read: ClassLimiter {
                 spec: read,
                 limiter: RateLimiter::keyed(quota(&read)).with_middleware(),
+                policy: policy(Class::Read, &read),
             },
             clock: DefaultClock::default(),
         });
@@ -160,12 +165,21 @@ impl Limits {
                     retry_after,
                     "rate-limit: request rejected"
                 );
-                let problem = Problem::new("rate-limited", "Too many requests", 429)
-                    .detail(format!("The {name} budget is used up; retry in {retry_after} s."));
-                let mut response = problem_response(&problem).into_response();
+                // The problem document written directly (fixed words and
+                // numbers only): this is the path a flood takes.
+                let body = format!(
+                    "{{\"type\":\"{TYPE_BASE}rate-limited\",\"title\":\"Too many requests\",\"status\":429,\
+                     \"detail\":\"The {name} budget is used up; retry in {retry_after} s.\"}}"
+                );
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+                    body,
+                )
+                    .into_response();
                 let h = response.headers_mut();
-                h.insert(axum::http::header::RETRY_AFTER, field(&retry_after.to_string()));
-                h.insert(RATELIMIT_POLICY, self.policy(class));
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                h.insert(RATELIMIT_POLICY, c.policy.clone());
                 h.insert(RATELIMIT, field(&format!("\"{name}\";r=0;t={retry_after}")));
                 Verdict::Limited(response)
             }
@@ -174,15 +188,18 @@ impl Limits {
 
     /// `"sensitive";q=10;w=60` (draft-ietf-httpapi-ratelimit-headers-11).
     pub fn policy(&self, class: Class) -> HeaderValue {
-        let spec = self.class(class).spec;
-        let window = spec.interval() * spec.burst;
-        field(&format!(
-            "\"{}\";q={};w={}",
-            class.as_str(),
-            spec.burst,
-            ceil_secs(window)
-        ))
+        self.class(class).policy.clone()
     }
+}
+
+fn policy(class: Class, spec: &RateSpec) -> HeaderValue {
+    let window = spec.interval() * spec.burst;
+    field(&format!(
+        "\"{}\";q={};w={}",
+        class.as_str(),
+        spec.burst,
+        ceil_secs(window)
+    ))
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -250,6 +267,13 @@ mod tests {
             r.headers()["ratelimit"],
             format!("\"sensitive\";r=0;t={retry}").as_str()
         );
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        // Written by hand on this path: the same document `Problem` makes.
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let expected = idemq_core::problem::Problem::new("rate-limited", "Too many requests", 429)
+            .detail(format!("The sensitive budget is used up; retry in {retry} s."))
+            .to_json();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
         // Other subjects and the other class are untouched.
         assert!(matches!(
             limits.check(Class::Sensitive, Subject::Principal(Uuid::max()), "u"),

@@ -11,7 +11,8 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     id: Uuid,
-    name: String,
+    /// Shared: a principal is cloned for every authenticated request.
+    name: std::sync::Arc<str>,
 }
 
 impl Principal {
@@ -42,7 +43,10 @@ pub async fn authenticate(pool: &PgPool, hash: &TokenHash) -> Result<Option<Prin
     .bind(&hash.0[..])
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, name)| Principal { id, name }))
+    Ok(row.map(|(id, name)| Principal {
+        id,
+        name: name.into(),
+    }))
 }
 
 /// Creates the principal if needed and a new token for it; returns the token
@@ -68,7 +72,7 @@ pub async fn create_token(pool: &PgPool, name: &str) -> Result<(Principal, Strin
     Ok((
         Principal {
             id,
-            name: name.to_owned(),
+            name: name.into(),
         },
         token,
     ))
