@@ -119,15 +119,12 @@ impl FinalAnswers {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .map(|g| g.young.len() + g.old.len())
             .unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
