@@ -646,6 +646,7 @@ async fn a_browser_opens_the_dashboard_and_the_operations_page() {
     let page = dump("/ops/operations", "--timeout=5000").await.unwrap();
     assert!(page.contains(op["id"].as_str().unwrap()), "{page}");
     assert!(page.contains("invoice.mark_paid"), "{page}");
+    assert!(page.contains("Sign out"), "{page}");
     // The dashboard: the board's (WebAssembly) application runs behind our
     // auth, calls its API and renders our queues.
     let board = dump("/", "--virtual-time-budget=10000").await.unwrap();
