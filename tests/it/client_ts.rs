@@ -88,3 +88,23 @@ async fn typescript_client_against_real_idemq() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_page_in_headless_chromium() {
+    // Never skipped: without a browser we would not know the page pays once.
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: apt-get install chromium"
+    );
+    // `idemq dev` on this database migrates, seeds and makes its own token.
+    let db = fresh_db().await;
+    run_npm(
+        "test:browser",
+        vec![
+            ("IDEMQ_BIN", idemq_bin().to_owned()),
+            ("DATABASE_URL", db.url.clone()),
+            ("PSQL", psql()),
+        ],
+    )
+    .await;
+}
