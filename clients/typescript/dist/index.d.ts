@@ -20,6 +20,10 @@ export type MarkPaidBody = components["schemas"]["MarkPaid"];
 export type ApproveBody = components["schemas"]["Approve"];
 export type RejectBody = components["schemas"]["Reject"];
 export type RecordMeterReadingBody = components["schemas"]["RecordReading"];
+export type InvoiceResponse = components["schemas"]["InvoiceBody"];
+export type ApprovalResponse = components["schemas"]["ApprovalBody"];
+export type ApplicationResponse = components["schemas"]["ApplicationBody"];
+export type MeterReadingResponse = components["schemas"]["MeterReadingBody"];
 /** The server's problem types (stable URIs) the client decides on. */
 export declare const PROBLEM_BASE = "https://idemq.dev/problems/";
 export declare const KEY_REUSED = "https://idemq.dev/problems/idempotency-key-reused";
@@ -211,11 +215,20 @@ export declare class IdemqClient {
     private readonly inFlight;
     constructor(options: ClientOptions);
     /** Mark invoice `id` paid: intent `invoice.pay:<id>`. */
-    payInvoice(id: string, body: MarkPaidBody, opts?: CallOptions): Promise<Result<unknown>>;
-    approveApplication(id: string, body?: ApproveBody, opts?: CallOptions): Promise<Result<unknown>>;
-    rejectApplication(id: string, body: RejectBody, opts?: CallOptions): Promise<Result<unknown>>;
+    payInvoice(id: string, body: MarkPaidBody, opts?: CallOptions): Promise<Result<{
+        invoice: components["schemas"]["Invoice"];
+    }>>;
+    approveApplication(id: string, body?: ApproveBody, opts?: CallOptions): Promise<Result<{
+        application: components["schemas"]["Application"];
+        contract?: components["schemas"]["Contract"] | null;
+    }>>;
+    rejectApplication(id: string, body: RejectBody, opts?: CallOptions): Promise<Result<{
+        application: components["schemas"]["Application"];
+    }>>;
     /** One reading of a contract: another value is another intent. */
-    recordMeterReading(body: RecordMeterReadingBody, opts?: CallOptions): Promise<Result<unknown>>;
+    recordMeterReading(body: RecordMeterReadingBody, opts?: CallOptions): Promise<Result<{
+        meterReading: components["schemas"]["MeterReading"];
+    }>>;
     /** Sends an intent and follows it to its final answer. */
     send<T = unknown>(req: SendRequest, opts?: CallOptions): Promise<Result<T>>;
     /** Intents still unsettled (also those of an earlier page load or another tab). */

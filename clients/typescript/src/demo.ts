@@ -102,7 +102,7 @@ function summary(r: Result): string {
 }
 
 /** Each click's answer, one line per click: a double click shows two equal lines. */
-async function answer(rowEl: HTMLElement | null, call: Promise<Result>, refresh?: () => Promise<void>) {
+async function answer(rowEl: HTMLElement | null, call: Promise<Result<unknown>>, refresh?: () => Promise<void>) {
   const li = document.createElement("li");
   li.textContent = "…";
   rowEl?.querySelector(".answers")?.append(li);

@@ -21,6 +21,10 @@ export type MarkPaidBody = components["schemas"]["MarkPaid"];
 export type ApproveBody = components["schemas"]["Approve"];
 export type RejectBody = components["schemas"]["Reject"];
 export type RecordMeterReadingBody = components["schemas"]["RecordReading"];
+export type InvoiceResponse = components["schemas"]["InvoiceBody"];
+export type ApprovalResponse = components["schemas"]["ApprovalBody"];
+export type ApplicationResponse = components["schemas"]["ApplicationBody"];
+export type MeterReadingResponse = components["schemas"]["MeterReadingBody"];
 
 /** The server's problem types (stable URIs) the client decides on. */
 export const PROBLEM_BASE = "https://idemq.dev/problems/";
@@ -258,21 +262,21 @@ export class IdemqClient {
 
   /** Mark invoice `id` paid: intent `invoice.pay:<id>`. */
   payInvoice(id: string, body: MarkPaidBody, opts?: CallOptions) {
-    return this.send(
+    return this.send<InvoiceResponse>(
       { intent: { action: "invoice.pay", target: id }, method: "PATCH", path: `/invoices/${enc(id)}/mark-paid`, body },
       opts,
     );
   }
 
   approveApplication(id: string, body: ApproveBody = {}, opts?: CallOptions) {
-    return this.send(
+    return this.send<ApprovalResponse>(
       { intent: { action: "application.approve", target: id }, method: "PATCH", path: `/applications/${enc(id)}/approve`, body },
       opts,
     );
   }
 
   rejectApplication(id: string, body: RejectBody, opts?: CallOptions) {
-    return this.send(
+    return this.send<ApplicationResponse>(
       { intent: { action: "application.reject", target: id }, method: "PATCH", path: `/applications/${enc(id)}/reject`, body },
       opts,
     );
@@ -280,7 +284,7 @@ export class IdemqClient {
 
   /** One reading of a contract: another value is another intent. */
   recordMeterReading(body: RecordMeterReadingBody, opts?: CallOptions) {
-    return this.send(
+    return this.send<MeterReadingResponse>(
       { intent: { action: "meter-reading.record", target: body.contractId }, method: "POST", path: "/meter-readings", body },
       opts,
     );
