@@ -235,6 +235,8 @@ export declare class IdemqClient {
     pending(): Promise<IntentRecord[]>;
     /** Follows a pending intent (by id `action:target` or its record) to its final answer. */
     resume<T = unknown>(intent: string | Intent | IntentRecord, opts?: CallOptions): Promise<Result<T>>;
+    /** The run in flight for `id`, unless every caller left it (then it is let finish first). */
+    private joinable;
     /** Drops expired records (the server has forgotten their keys). */
     private live;
     private withLock;

@@ -294,7 +294,7 @@ export class IdemqClient {
   async send<T = unknown>(req: SendRequest, opts: CallOptions = {}): Promise<Result<T>> {
     const id = intentId(req.intent);
     const fingerprint = await fingerprintOf(req.method, req.path, req.body);
-    const joined = this.inFlight.get(id);
+    const joined = await this.joinable(id);
     if (joined && joined.record.fingerprint === fingerprint) return joined.join(opts.signal) as Promise<Result<T>>;
     const record = await this.withLock(id, async () => {
       const stored = await this.live(await this.store.get(id));
@@ -328,7 +328,7 @@ export class IdemqClient {
   /** Follows a pending intent (by id `action:target` or its record) to its final answer. */
   async resume<T = unknown>(intent: string | Intent | IntentRecord, opts: CallOptions = {}): Promise<Result<T>> {
     const id = typeof intent === "string" ? intent : "key" in intent ? intent.id : intentId(intent);
-    const joined = this.inFlight.get(id);
+    const joined = await this.joinable(id);
     if (joined) return joined.join(opts.signal) as Promise<Result<T>>;
     const record = await this.live(await this.store.get(id));
     if (!record) {
@@ -340,6 +340,14 @@ export class IdemqClient {
       });
     }
     return this.follow(record, opts.signal) as Promise<Result<T>>;
+  }
+
+  /** The run in flight for `id`, unless every caller left it (then it is let finish first). */
+  private async joinable(id: string): Promise<Flight | undefined> {
+    const flight = this.inFlight.get(id);
+    if (!flight?.abandoned) return flight;
+    await flight.done.catch(() => undefined);
+    return undefined;
   }
 
   /** Drops expired records (the server has forgotten their keys). */
@@ -360,7 +368,7 @@ export class IdemqClient {
 
   private follow(record: IntentRecord, signal?: AbortSignal): Promise<Result> {
     const existing = this.inFlight.get(record.id);
-    if (existing && existing.record.key === record.key) return existing.join(signal);
+    if (existing && !existing.abandoned && existing.record.key === record.key) return existing.join(signal);
     const flight = new Flight(record, (s) => this.run(record, s));
     this.inFlight.set(record.id, flight);
     flight.done.finally(() => {
@@ -501,8 +509,8 @@ export class IdemqClient {
     // The server's stored answers (first or replayed) come from the same path
     // that marks them: a replay says Idempotent-Replayed, a waited first
     // answer says Preference-Applied. Refusals (400, 401, 413, 422, 429, 503)
-    // say neither, and nothing was recorded for them.
-    const stored = replayed || res.headers.has("preference-applied");
+    // say neither, and nothing was recorded for them. Any other 2xx is final.
+    const stored = res.ok || replayed || res.headers.has("preference-applied");
     if (stored) return this.finalOf(record, res.status, text, replayed);
     return this.refusal(record, res, text);
   }
@@ -593,6 +601,11 @@ class Flight {
     run: (signal: AbortSignal) => Promise<Result>,
   ) {
     this.done = run(this.controller.signal);
+  }
+
+  /** Every caller stopped waiting: the run is stopping. */
+  get abandoned(): boolean {
+    return this.controller.signal.aborted;
   }
 
   /** The run's answer, or this caller's abort (the run stops only when every caller left). */

@@ -14,11 +14,19 @@ function required(name) {
 }
 
 /** Starts `idemq <command>`; resolves when it printed the line matching `ready`. */
+const children = new Set();
+// A test process that dies leaves no idemq behind.
+process.on("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+});
+
 function startProcess(args, env, ready, deadlineMs = 30_000) {
   const child = spawn(BIN, args, {
     env: { ...process.env, DATABASE_URL, IDEMQ_LOG_FORMAT: "json", RUST_LOG: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  children.add(child);
+  child.once("exit", () => children.delete(child));
   let output = "";
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   const found = new Promise((resolve, reject) => {
