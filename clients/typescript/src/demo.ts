@@ -109,7 +109,9 @@ async function answer(rowEl: HTMLElement | null, call: Promise<Result<unknown>>,
   try {
     const r = await call;
     li.className = "ok";
-    li.textContent = `${summary(r)} · key ${r.key}`;
+    const replayed = r.replayed ? " (replayed)" : "";
+    const op = r.operationId ? ` · ${r.operationId}` : "";
+    li.textContent = `${summary(r)}${replayed}${op} · key ${r.key}`;
   } catch (e) {
     li.className = "error";
     if (e instanceof IdemqError) {
