@@ -178,6 +178,44 @@ test("a 400 is not retried and nothing is recorded", async () => {
   assert.deepEqual(await c.pending(), []);
 });
 
+test("401 and 413 are not retried", async () => {
+  const badFetch = recordingFetch();
+  const bad = new IdemqClient({ baseUrl: api.url, token: "idq_not_a_token", store: new MemoryStore(), fetch: badFetch });
+  const unauthorized = await bad.payInvoice("inv-6", { paymentMethod: "card" }).catch((e) => e);
+  assert.ok(unauthorized instanceof IdemqError, String(unauthorized));
+  assert.equal(unauthorized.status, 401);
+  assert.equal(unauthorized.type, "https://idemq.dev/problems/unauthorized");
+  assert.equal(unauthorized.retryable, false);
+  assert.equal(badFetch.log.length, 1);
+
+  const { client: c, fetch: f } = client();
+  const tooLarge = await c.payInvoice("inv-6", { paymentMethod: "x".repeat(70_000) }).catch((e) => e);
+  assert.ok(tooLarge instanceof IdemqError, String(tooLarge));
+  assert.equal(tooLarge.status, 413);
+  assert.equal(tooLarge.type, "https://idemq.dev/problems/payload-too-large");
+  assert.equal(mutating(f.log).length, 1);
+  assert.equal(await opsWithKey(tooLarge.key), 0);
+});
+
+test("a 5xx that is not a stored answer (a proxy's 502) is retried with the same key", async () => {
+  const inner = recordingFetch();
+  let proxied = 0;
+  // A gateway in front of idemq fails once before forwarding anything.
+  const gateway = async (input, init) => {
+    if ((init?.method ?? "GET") !== "GET" && proxied++ === 0) {
+      return new Response("bad gateway", { status: 502, headers: { "content-type": "text/plain" } });
+    }
+    return inner(input, init);
+  };
+  const { client: c } = client({ fetch: gateway, backoff: { baseMs: 10, capMs: 20 } });
+  const result = await c.payInvoice("inv-16", { paymentMethod: "card" });
+  assert.equal(result.status, 200);
+  assert.equal(proxied, 2);
+  assert.equal(mutating(inner.log).length, 1);
+  assert.equal(mutating(inner.log)[0].key, result.key);
+  assert.equal(await opsWithKey(result.key), 1);
+});
+
 test("a 429 is retried after Retry-After, with the same key", async () => {
   const limited = await startApi({ IDEMQ_RATE_LIMIT_SENSITIVE: "1/s" });
   try {
