@@ -27,7 +27,7 @@ test("the committed types are what the server serves at /openapi.json", async ()
   assert.ok(
     fresh === committed,
     "clients/typescript/src/openapi.ts differs from the server's /openapi.json: " +
-      "run `npm run gen:types` in clients/typescript with `idemq dev` running (see README)",
+      "run `npm run gen:types` in clients/typescript (see README) and commit src/openapi.ts and dist/",
   );
 });
 
