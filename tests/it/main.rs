@@ -6,6 +6,7 @@ mod approvals;
 mod auth;
 mod bench_smoke;
 mod cleanup;
+mod client_ts;
 mod dev_process;
 mod final_answers;
 mod fleet;
