@@ -178,3 +178,37 @@ async fn drain_latency_replay_limited_cleanup() {
         assert!(checks.contains(&name), "no check `{name}`: {s:#}");
     }
 }
+
+/// `bench chaos` at tiny sizes: kills and a Postgres restart (on the
+/// scenario's own cluster) really happen, and nothing is lost, paid twice
+/// or answered 5xx but while Postgres was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos() {
+    let doc = bench(&[
+        "chaos",
+        "--payments",
+        "200",
+        "--kill-every-ms",
+        "1000",
+        "--down-ms",
+        "1500",
+        "--lease",
+        "2s",
+    ])
+    .await;
+    let s = scenario(&doc, "chaos");
+    let count = |key: &str| {
+        s["results"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("results.{key}: {s:#}"))
+    };
+    assert_eq!(count("postgres_restarts"), 1, "{s:#}");
+    assert!(count("sigkills") >= 1, "{s:#}");
+    assert_eq!(count("operations_lost"), 0, "{s:#}");
+    assert_eq!(count("invoices_paid_twice"), 0, "{s:#}");
+    assert_eq!(count("answers_5xx_other"), 0, "{s:#}");
+    assert_eq!(count("answers_5xx"), count("answers_503_while_down"), "{s:#}");
+    positive(s, "postgres_down_for_s");
+    assert!(s["results"]["postgres_back_to_last_final_s"].is_number(), "{s:#}");
+    assert_rss(s, &["api", "worker-1", "worker-2", "worker-3", "worker-4"]);
+}
