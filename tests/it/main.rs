@@ -8,6 +8,7 @@ mod bench_smoke;
 mod cleanup;
 mod client_ts;
 mod dev_process;
+mod errors;
 mod final_answers;
 mod fleet;
 mod idempotency_contract;
