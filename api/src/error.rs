@@ -3,7 +3,7 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use idemq_core::{key::KeyError, problem::Problem};
+use idemq_core::{error::ErrorClass, key::KeyError, problem::Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,17 +27,22 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the database cannot store a value of the request: {0}")]
+    Unstorable(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// The answer follows the core's one classifier: 503 only for what passes
+/// by itself, 400 for a value the database refuses, 500 for the rest.
 impl From<idemq_core::Error> for ApiError {
     fn from(e: idemq_core::Error) -> Self {
-        match e {
-            idemq_core::Error::Corrupt(m) => ApiError::Internal(m),
-            other => ApiError::Unavailable(other.to_string()),
+        match e.class() {
+            ErrorClass::Transient => ApiError::Unavailable(e.to_string()),
+            ErrorClass::InvalidInput => ApiError::Unstorable(e.to_string()),
+            ErrorClass::Internal | ErrorClass::Inconsistent => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -65,9 +70,17 @@ impl ApiError {
             }
             ApiError::NotFound(d) => Problem::new("not-found", "Not found", 404).detail(d),
             ApiError::MethodNotAllowed => Problem::new("method-not-allowed", "Method not allowed", 405),
+            // Reached only when the path and body rules (`text::Text`) let
+            // through a value the database refuses, e.g. a number out of range.
+            ApiError::Unstorable(_) => Problem::new("invalid-body", "The request body is invalid", 400).detail(
+                "The database cannot store a value of this request. Nothing was recorded; correct the request.",
+            ),
             ApiError::Unavailable(_) => Problem::new("service-unavailable", "Service temporarily unavailable", 503)
-                .detail("The database could not be reached. Nothing was recorded; retry with the same Idempotency-Key."),
-            ApiError::Internal(_) => Problem::new("internal-error", "Internal error", 500),
+                .detail("The database is unavailable for a moment. Retry the same request, with the same Idempotency-Key, after Retry-After."),
+            // No advice to retry: the same request is likely to fail the same way.
+            ApiError::Internal(_) => Problem::new("internal-error", "Internal error", 500).detail(
+                "The request failed with an unexpected error. Report the errorId to the operator of this service.",
+            ),
         }
     }
 }
@@ -88,9 +101,15 @@ pub fn problem_response(problem: &Problem) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut problem = self.problem();
         match &self {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "answering 503"),
-            ApiError::Internal(e) => tracing::error!(error = %e, "answering 500"),
+            ApiError::Unstorable(e) => tracing::info!(error = %e, "rejected: the database refused a value"),
+            ApiError::Internal(e) => {
+                let error_id = uuid::Uuid::now_v7().to_string();
+                tracing::error!(error_id, error = %e, "answering 500");
+                problem.error_id = Some(error_id);
+            }
             ApiError::KeyMissing => {
                 metrics::counter!(idemq_core::telemetry::KEY_MISSING).increment(1);
                 tracing::info!("rejected: Idempotency-Key missing")
@@ -105,7 +124,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut response = problem_response(&self.problem());
+        let mut response = problem_response(&problem);
         if let ApiError::Unavailable(_) = self {
             response
                 .headers_mut()

@@ -5,6 +5,8 @@ use axum::{
     http::{header::CONTENT_TYPE, request::Parts, HeaderValue, StatusCode},
 };
 
+use idemq_core::text::Text;
+
 use crate::error::ApiError;
 
 /// Longest id accepted in a path.
@@ -48,7 +50,9 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     }
 }
 
-/// The single `{id}` of a route.
+/// The single `{id}` of a route: 1 to `MAX_ID_LEN` bytes of `Text` (no
+/// control characters), refused with 400 `invalid-path` before any database
+/// work.
 pub struct Id(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Id {
@@ -65,6 +69,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
                 "an id is 1 to {MAX_ID_LEN} characters long"
             )));
         }
-        Ok(Id(id))
+        let id = Text::parse(id).map_err(|e| ApiError::InvalidPath(format!("the id: {e}")))?;
+        Ok(Id(id.into_string()))
     }
 }

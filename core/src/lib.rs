@@ -19,5 +19,6 @@ pub mod problem;
 pub mod queue;
 pub mod seed;
 pub mod telemetry;
+pub mod text;
 
 pub use error::Error;

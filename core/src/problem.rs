@@ -24,6 +24,10 @@ pub struct Problem {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Only on a 500 `internal-error`: the id of the log line that tells
+    /// the operator what failed.
+    #[serde(rename = "errorId", default, skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 impl Problem {
@@ -33,6 +37,7 @@ impl Problem {
             title: title.to_owned(),
             status,
             detail: None,
+            error_id: None,
         }
     }
 

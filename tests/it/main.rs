@@ -7,6 +7,7 @@ mod auth;
 mod bench_smoke;
 mod cleanup;
 mod dev_process;
+mod errors;
 mod final_answers;
 mod fleet;
 mod idempotency_contract;

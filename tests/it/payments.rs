@@ -195,7 +195,9 @@ async fn record_and_enqueue_are_atomic() {
 
     let r = app.mark_paid("123", "key-1").await;
 
-    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE);
+    // A check violation is no passing fault: 500 with an error id, not 503.
+    let problem = expect_problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal-error").await;
+    assert!(problem["errorId"].is_string(), "{problem}");
     assert_eq!(app.count("SELECT count(*) FROM operations").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 0);
 

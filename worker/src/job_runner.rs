@@ -194,8 +194,12 @@ impl JobRunner {
         let abort = task.abort_handle();
         match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(Error::Corrupt(e)))) => Err(AttemptError::Permanent(e)),
-            Ok(Ok(Err(e))) => Err(AttemptError::Retry(e.to_string())),
+            // The core's classifier decides: transient and unexplained
+            // database failures get another attempt (up to the bound); a
+            // value the database refuses or inconsistent stored data fails
+            // the same way every time.
+            Ok(Ok(Err(e))) if e.class().may_pass_on_retry() => Err(AttemptError::Retry(e.to_string())),
+            Ok(Ok(Err(e))) => Err(AttemptError::Permanent(e.to_string())),
             Ok(Err(join)) if join.is_panic() => Err(AttemptError::Retry(format!("panicked: {join}"))),
             Ok(Err(join)) => Err(AttemptError::Retry(format!("cancelled: {join}"))),
             Err(_) => {

@@ -219,20 +219,9 @@ pub fn is_database_loss(e: &WorkerError) -> bool {
     }
 }
 
+/// The core's classifier: the connection is gone (a subset of transient).
 fn is_connection_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        // admin_shutdown, crash_shutdown, cannot_connect_now, and class 08
-        // (connection exceptions).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")),
-        _ => false,
-    }
+    idemq_core::error::is_connection_loss(e)
 }
 
 #[cfg(test)]

@@ -7,19 +7,21 @@ use serde_json::json;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::{Actor, Audit, Outcome};
-use crate::{problem::Problem, Error};
+use crate::{problem::Problem, text::Text, Error};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approve {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub note: Option<Text>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Reject {
-    pub reason: String,
+    #[schema(value_type = String)]
+    pub reason: Text,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]

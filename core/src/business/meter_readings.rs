@@ -6,12 +6,13 @@ use serde_json::{json, Number};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::{Actor, Audit, Outcome};
-use crate::{problem::Problem, Error};
+use crate::{problem::Problem, text::Text, Error};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordReading {
-    pub contract_id: String,
+    #[schema(value_type = String)]
+    pub contract_id: Text,
     /// A JSON number ≥ 0; equal to the last reading is allowed, below it is refused (422).
     #[schema(value_type = f64, minimum = 0)]
     pub reading: Number,
@@ -53,7 +54,7 @@ fn to_reading((id, contract_id, reading, recorded_at): ReadingRow) -> Result<Met
 pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) -> Result<Outcome, Error> {
     let lock_started = std::time::Instant::now();
     let contract: Option<String> = sqlx::query_scalar("SELECT id FROM contracts WHERE id = $1 FOR UPDATE")
-        .bind(&req.contract_id)
+        .bind(req.contract_id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     super::record_lock_wait("meter_reading.record", lock_started);
@@ -68,7 +69,7 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
         "SELECT reading::text, $2::numeric < reading FROM meter_readings
          WHERE contract_id = $1 ORDER BY id DESC LIMIT 1",
     )
-    .bind(&req.contract_id)
+    .bind(req.contract_id.as_str())
     .bind(&reading)
     .fetch_optional(&mut *conn)
     .await?;
@@ -84,7 +85,7 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
         "INSERT INTO meter_readings (contract_id, reading, operation_id) VALUES ($1, $2::numeric, $3)
          RETURNING id, contract_id, reading::text, recorded_at",
     )
-    .bind(&req.contract_id)
+    .bind(req.contract_id.as_str())
     .bind(&reading)
     .bind(actor.operation.uuid())
     .fetch_one(&mut *conn)

@@ -5,12 +5,13 @@ use serde_json::json;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::{Actor, Audit, Outcome};
-use crate::{problem::Problem, Error};
+use crate::{problem::Problem, text::Text, Error};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MarkPaid {
-    pub payment_method: String,
+    #[schema(value_type = String)]
+    pub payment_method: Text,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -59,7 +60,7 @@ pub async fn mark_paid(
          WHERE id = $1 RETURNING {INVOICE_COLUMNS}"
     )))
     .bind(invoice_id)
-    .bind(&req.payment_method)
+    .bind(req.payment_method.as_str())
     .bind(actor.operation.uuid())
     .fetch_one(&mut *conn)
     .await?;
