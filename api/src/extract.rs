@@ -50,7 +50,7 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     }
 }
 
-/// The single `{id}` of a route: 1 to `MAX_ID_LEN` bytes of `Text` (no
+/// The single `{id}` of a route: 1 to `MAX_ID_LEN` characters of `Text` (no
 /// control characters), refused with 400 `invalid-path` before any database
 /// work.
 pub struct Id(pub String);

@@ -20,4 +20,5 @@ mod property;
 mod queue_schema;
 mod rate_limit;
 mod read_models;
+mod schemathesis;
 mod wakeups;
