@@ -224,9 +224,9 @@ async fn every_route_with_an_id_documents_and_answers_invalid_path() {
         assert!(id["schema"]["pattern"].is_string(), "{what}: {id}");
         assert_problem_response(&doc, op, &what, "400", &["invalid-path"]);
 
-        // The server agrees: 201 characters are refused before anything
-        // else; 200 characters of 2 bytes each are not (maxLength counts
-        // characters).
+        // The server agrees: 201 characters, or a control character, are
+        // refused before anything else; 200 characters of 2 bytes each are
+        // not (maxLength counts characters).
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let send = |id: String| {
             app.request(method.clone(), &path.replace("{id}", &id))
@@ -234,8 +234,11 @@ async fn every_route_with_an_id_documents_and_answers_invalid_path() {
                 .json(&serde_json::json!({}))
                 .send()
         };
-        let r = send("x".repeat(201)).await.unwrap();
-        expect_problem(r, StatusCode::BAD_REQUEST, "invalid-path").await;
+        for bad in ["x".repeat(201), "a\u{1}b".into(), "a\u{85}b".into()] {
+            let r = send(bad.clone()).await.unwrap();
+            let p = expect_problem(r, StatusCode::BAD_REQUEST, "invalid-path").await;
+            assert!(p["detail"].is_string(), "{what} {bad:?}: {p}");
+        }
         let r = send("é".repeat(200)).await.unwrap();
         let answer = Answer::read(r).await;
         assert!(
