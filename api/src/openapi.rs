@@ -136,8 +136,9 @@ pub struct IdempotencyKeyHeader {
 pub struct PreferHeader {
     /// `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
     /// Other preferences are ignored.
-    #[param(rename = "Prefer")]
-    pub prefer: Option<String>,
+    // Not `Option`: that would declare the header nullable.
+    #[param(rename = "Prefer", required = false)]
+    pub prefer: String,
 }
 
 /// The `{id}` of a route: what the `Id` extractor accepts; anything else is
