@@ -49,11 +49,20 @@ pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
             let (name, value) = pref.split_once('=')?;
             name.trim()
                 .eq_ignore_ascii_case("wait")
-                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .then(|| wait_seconds(value.trim().trim_matches('"')))
                 .flatten()
         })
         .next()
-        .map(|secs| Duration::from_secs(secs).min(MAX_WAIT))
+}
+
+/// A delta-seconds value; one too large for a u64 is also over 30 s, so it
+/// is treated as 30 s like any other, not ignored.
+fn wait_seconds(value: &str) -> Option<Duration> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_WAIT))
 }
 
 /// Parses the (already size-limited) body as `T`; an absent body is `{}`.
@@ -245,5 +254,76 @@ mod tests {
         assert_eq!(prefer_wait(&headers("wait=600")), Some(MAX_WAIT));
         assert_eq!(prefer_wait(&headers("return=minimal")), None);
         assert_eq!(prefer_wait(&HeaderMap::new()), None);
+        assert_eq!(
+            prefer_wait(&headers("wait=99999999999999999999999")),
+            Some(MAX_WAIT)
+        );
+        assert_eq!(prefer_wait(&headers("wait=-1")), None);
+        assert_eq!(prefer_wait(&headers("wait=+5")), None);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Preferences that are not `wait`.
+        fn other() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("respond-async".to_owned()),
+                Just("return=minimal".to_owned()),
+                Just("return=representation".to_owned()),
+                Just("handling=lenient".to_owned()),
+                "[a-vx-z][a-z-]{0,10}(=[a-z0-9]{1,5})?",
+            ]
+        }
+
+        fn ows() -> impl Strategy<Value = String> {
+            "[ \t]{0,2}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// `wait=N` is N seconds up to 30, whatever N, its case, quoting,
+            /// spacing and the preferences around it.
+            #[test]
+            fn wait_is_honoured_and_capped(
+                digits in "[0-9]{1,40}",
+                name in "(?i:wait)",
+                quoted in any::<bool>(),
+                before in proptest::collection::vec(other(), 0..3),
+                after in proptest::collection::vec(other(), 0..3),
+                (s1, s2, s3) in (ows(), ows(), ows()),
+            ) {
+                let value = if quoted { format!("\"{digits}\"") } else { digits.clone() };
+                let mut prefs = before.clone();
+                prefs.push(format!("{s1}{name}{s2}={s3}{value}"));
+                prefs.extend(after.iter().cloned());
+                let header = prefs.join(", ");
+                let expected = digits
+                    .parse::<u64>()
+                    .map(|n| Duration::from_secs(n).min(MAX_WAIT))
+                    .unwrap_or(MAX_WAIT);
+                prop_assert_eq!(prefer_wait(&headers(&header)), Some(expected), "{}", header);
+            }
+
+            /// Without `wait`, nothing is waited for.
+            #[test]
+            fn no_wait_without_wait(prefs in proptest::collection::vec(other(), 0..5)) {
+                prop_assert_eq!(prefer_wait(&headers(&prefs.join(", "))), None);
+            }
+
+            /// Any header value: no panic, never more than 30 s.
+            #[test]
+            fn any_header_is_safe(raw in proptest::collection::vec(0x20u8..0x7f, 0..80)) {
+                let value = HeaderValue::from_bytes(&raw).unwrap();
+                let mut h = HeaderMap::new();
+                h.insert(PREFER, value);
+                if let Some(w) = prefer_wait(&h) {
+                    prop_assert!(w <= MAX_WAIT);
+                }
+            }
+        }
     }
 }

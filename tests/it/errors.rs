@@ -455,3 +455,106 @@ async fn the_classifier_on_real_postgres_errors() {
         "{unreachable:?}"
     );
 }
+
+/// A duration setting too large for what the process does with it is
+/// refused at start, naming the variable: never a panic later.
+#[test]
+fn an_overflowing_duration_setting_is_refused_at_start_by_name() {
+    let vars = [
+        "IDEMQ_WORKER_LEASE",
+        "IDEMQ_RECONCILE_INTERVAL",
+        "IDEMQ_SHUTDOWN_GRACE",
+        "IDEMQ_DB_LOST_GRACE",
+        "IDEMQ_JOB_TIMEOUT",
+        "IDEMQ_QUEUE_POLL_INTERVAL",
+        "IDEMQ_QUEUE_RETENTION",
+        "IDEMQ_IDEMPOTENCY_TTL",
+    ];
+    for var in vars {
+        // The first is representable (and would overflow downstream), the
+        // second is not even representable.
+        for value in ["600000000years", "600000000000years"] {
+            let out = std::process::Command::new(idemq_bin())
+                .arg("worker")
+                .env_clear()
+                .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+                .env(var, value)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{var}={value}: {stderr}");
+            assert!(stderr.contains(var), "{var}={value}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{var}={value}: {stderr}");
+            assert!(
+                !stderr.contains("connecting"),
+                "{var}={value}: refused only after start: {stderr}"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------ contract edges
+
+/// `POST /meter-readings` with a raw body, so that the number is spelled as given.
+async fn record_raw(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
+    app.request(Method::POST, "/meter-readings")
+        .header("Idempotency-Key", key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_number_spelled_three_ways_is_one_request() {
+    let app = spawn_app().await;
+    app.insert_contract("c1").await;
+    let first = record_raw(&app, "k-10", r#"{"contractId":"c1","reading":10}"#).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let op: Value = first.json().await.unwrap();
+    for same in ["10.0", "1e1", "1.0E+1", "100e-1"] {
+        let r = record_raw(
+            &app,
+            "k-10",
+            &format!(r#"{{ "reading": {same}, "contractId": "c1" }}"#),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{same}");
+        assert_eq!(header(&r, "idempotent-replayed"), Some("true"), "{same}");
+        let replay: Value = r.json().await.unwrap();
+        assert_eq!(replay["id"], op["id"], "{same}");
+    }
+    let other = record_raw(&app, "k-10", r#"{"contractId":"c1","reading":10.5}"#).await;
+    expect_problem(other, StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused").await;
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 1);
+}
+
+#[tokio::test]
+async fn a_quoted_key_is_an_sf_string_with_its_escapes() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-1").await;
+    let send = |key: &'static str| {
+        app.request(Method::PATCH, "/invoices/inv-1/mark-paid")
+            .header("Idempotency-Key", key)
+            .json(&json!({ "paymentMethod": "card" }))
+            .send()
+    };
+    // `"a\"b\\c"` is the key a"b\c: the bare spelling is the same key.
+    let quoted = send(r#""a\"b\\c""#).await.unwrap();
+    assert_eq!(quoted.status(), StatusCode::ACCEPTED);
+    let op: Value = quoted.json().await.unwrap();
+    assert_eq!(op["idempotencyKey"], r#"a"b\c"#);
+    let bare = send(r#"a"b\c"#).await.unwrap();
+    assert_eq!(header(&bare, "idempotent-replayed"), Some("true"));
+    assert_eq!(bare.json::<Value>().await.unwrap()["id"], op["id"]);
+    for bad in [r#""a\b""#, r#""abc"#, r#""ab"c""#] {
+        let r = send(bad).await.unwrap();
+        let problem = expect_problem(r, StatusCode::BAD_REQUEST, "idempotency-key-invalid-characters").await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("RFC 8941"),
+            "{bad}: {problem}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 1);
+}
