@@ -202,3 +202,150 @@ async fn schemathesis_finds_no_failure_and_no_warning_against_the_live_server() 
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether each sample matches `pattern` as a JSON Schema pattern (ECMA-262:
+/// unanchored search, `$` only at the very end), asked of Python's `re`, the
+/// engine schemathesis generates from.
+fn python_matches(pattern: &str, samples: &[String]) -> Vec<bool> {
+    let script = r#"
+import json, re, sys
+job = json.load(sys.stdin)
+pattern = job["pattern"]
+if pattern.endswith("$"):
+    pattern = pattern[:-1] + r"\Z"
+compiled = re.compile(pattern)
+json.dump([compiled.search(s) is not None for s in job["samples"]], sys.stdout)
+"#;
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    let job = serde_json::json!({ "pattern": pattern, "samples": samples });
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), job.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python failed on {pattern}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_pattern_agrees(what: &str, pattern: &str, samples: &[String], server: impl Fn(&str) -> bool) {
+    let matches = python_matches(pattern, samples);
+    let disagreements: Vec<_> = samples
+        .iter()
+        .zip(matches)
+        .filter(|(s, matched)| server(s) != *matched)
+        .map(|(s, matched)| {
+            format!(
+                "{s:?}: document says {}",
+                if matched { "valid" } else { "invalid" }
+            )
+        })
+        .collect();
+    assert!(
+        disagreements.is_empty(),
+        "{what}: the pattern {pattern} disagrees with the server on {} samples, e.g. {:#?}",
+        disagreements.len(),
+        &disagreements[..disagreements.len().min(10)]
+    );
+}
+
+/// The fuzzer finds only what it happens to generate; this holds the
+/// document's patterns to the server's own parsers on every character up to
+/// U+30FF (and a few beyond) and on the edges of the key grammar.
+#[tokio::test]
+async fn the_documented_patterns_are_the_servers_rules() {
+    require_schemathesis();
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = &doc["paths"]["/invoices/{id}/mark-paid"]["patch"];
+    let param = |name: &str| {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let property = |schema: &str, name: &str| {
+        doc["components"]["schemas"][schema]["properties"][name]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{schema}.{name} has no pattern"))
+            .to_owned()
+    };
+
+    // Text: each character alone, doubled and between letters.
+    let chars: Vec<char> = (0u32..0x3100)
+        .chain([0xFEFF, 0xFFFD, 0x1F600])
+        .filter_map(char::from_u32)
+        .collect();
+    let texts: Vec<String> = chars
+        .iter()
+        .flat_map(|c| [c.to_string(), format!("a{c}b"), format!("{c}{c}")])
+        .chain([String::new(), " a ".into(), "\u{a0}\u{3000}".into()])
+        .collect();
+    let no_controls = |s: &str| idemq_core::text::Text::parse(s.to_owned()).is_ok();
+    assert_pattern_agrees("path id", &param("id"), &texts, no_controls);
+    assert_pattern_agrees("Approve.note", &property("Approve", "note"), &texts, no_controls);
+    for (schema, field) in [
+        ("MarkPaid", "paymentMethod"),
+        ("Reject", "reason"),
+        ("RecordReading", "contractId"),
+    ] {
+        assert_pattern_agrees(
+            &format!("{schema}.{field}"),
+            &property(schema, field),
+            &texts,
+            |s| no_controls(s) && idemq_api::routes::require_text(field, s, usize::MAX).is_ok(),
+        );
+    }
+
+    // Keys. Leading and trailing blanks are left out: HTTP drops them
+    // before the server sees the value.
+    let mut keys: Vec<String> = Vec::new();
+    for a in (0x20u8..=0x7e).map(char::from) {
+        keys.extend([
+            a.to_string(),
+            format!("\"{a}\""),
+            format!("\"\\{a}\""),
+            format!("k{a}k"),
+            format!("\"k{a}k\""),
+        ]);
+    }
+    keys.extend(
+        [
+            "\"\"",
+            "\"",
+            "\"abc",
+            "abc\"",
+            "a\"b",
+            "\"a\"b\"",
+            "\"a\\\"b\"",
+            "\"a\\\\b\"",
+            "\"a\\\"",
+            "é",
+            "\"é\"",
+        ]
+        .map(String::from),
+    );
+    for n in [254, 255, 256] {
+        keys.push("k".repeat(n));
+        keys.push(format!("\"{}\"", "k".repeat(n)));
+        keys.push(format!("\"{}\"", "\\\"".repeat(n)));
+    }
+    keys.retain(|k| !k.starts_with([' ', '\t']) && !k.ends_with([' ', '\t']));
+    assert_pattern_agrees("Idempotency-Key", &param("Idempotency-Key"), &keys, |k| {
+        idemq_core::key::IdempotencyKey::parse(k.as_bytes()).is_ok()
+    });
+}
