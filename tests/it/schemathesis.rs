@@ -166,7 +166,7 @@ async fn schemathesis_finds_no_failure_and_no_warning_against_the_live_server() 
             "run",
         ])
         .arg(format!("{}/openapi.json", dev.url))
-        .arg("--no-color")
+        .args(["--checks", "all", "--no-color"])
         .current_dir(&dir)
         .env("IDEMQ_URL", &dev.url)
         .env("IDEMQ_TOKEN", &dev.token)
