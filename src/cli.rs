@@ -249,6 +249,7 @@ pub async fn serve_api(
                 token: token.into(),
                 metrics,
                 idempotency_ttl,
+                session: idemq_api::ops::auth::Sessions::new(api.ops_https),
             };
             idemq_api::ops::spawn_gauges(pool.clone(), shutdown.clone());
             let stop = shutdown.clone();

@@ -76,7 +76,7 @@ impl ApiError {
                 "The database cannot store a value of this request. Nothing was recorded; correct the request.",
             ),
             ApiError::Unavailable(_) => Problem::new("service-unavailable", "Service temporarily unavailable", 503)
-                .detail("The database is unavailable for a moment. Retry the same request, with the same Idempotency-Key, after Retry-After."),
+                .detail("The database is unavailable for a moment. Retry the same request after Retry-After; a change with the same Idempotency-Key, which applies it at most once."),
             // No advice to retry: the same request is likely to fail the same way.
             ApiError::Internal(_) => Problem::new("internal-error", "Internal error", 500).detail(
                 "The request failed with an unexpected error. Report the errorId to the operator of this service.",

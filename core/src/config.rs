@@ -126,6 +126,11 @@ pub struct ApiConfig {
         hide_env_values = true
     )]
     pub ops_token: Option<String>,
+    /// `true` when the ops listener is reached over https (a TLS proxy in
+    /// front): its session cookie is `Secure` and its own origin, for the
+    /// cross-site check of state-changing requests, is `https://`.
+    #[arg(long, env = "IDEMQ_OPS_HTTPS", value_name = "IDEMQ_OPS_HTTPS", default_value = "false", value_parser = parse_bool)]
+    pub ops_https: bool,
     /// `false` accepts mutating requests without a key (the server makes one).
     #[arg(long, env = "IDEMQ_REQUIRE_IDEMPOTENCY_KEY", value_name = "IDEMQ_REQUIRE_IDEMPOTENCY_KEY", default_value = "true", value_parser = parse_bool)]
     pub require_idempotency_key: bool,

@@ -1,4 +1,6 @@
 //! Pool and migrations (ours and apalis's).
+pub mod apalis_overrides;
+
 use std::time::Duration;
 
 use sqlx::{postgres::PgPoolOptions, PgPool};
@@ -33,10 +35,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     Ok(pool)
 }
 
-/// apalis's schema first, then ours (which may index apalis's tables).
+/// apalis's schema first, then ours (which may index apalis's tables), then
+/// our overrides of apalis's schema again: on an existing database a newer
+/// apalis migration runs after ours and could undo them
+/// (`apalis_overrides`).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     apalis_postgres::PostgresStorage::setup(pool).await?;
     sqlx::migrate!("../migrations").run(pool).await?;
+    apalis_overrides::reassert(pool).await?;
     Ok(())
 }
 

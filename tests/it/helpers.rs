@@ -156,6 +156,7 @@ pub fn test_api_config() -> ApiConfig {
         api_addr: "127.0.0.1:0".parse().unwrap(),
         ops_addr: "127.0.0.1:0".parse().unwrap(),
         ops_token: Some("ops-secret".into()),
+        ops_https: false,
         require_idempotency_key: true,
         body_limit_bytes: 16 * 1024,
         // Off here: most tests send more than 10 mutating requests a minute.

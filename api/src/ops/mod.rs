@@ -6,7 +6,11 @@ pub mod operations_view;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{middleware, routing::get, Router};
+use axum::{
+    middleware,
+    routing::{get, post},
+    Router,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -17,6 +21,8 @@ pub struct OpsState {
     pub metrics: Option<PrometheusHandle>,
     /// For the stored response of a cancelled operation.
     pub idempotency_ttl: Duration,
+    /// Signs the browser session cookie (`auth::Sessions::new` in production).
+    pub session: auth::Sessions,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -29,12 +35,10 @@ pub fn router(state: OpsState) -> Router {
                 async move { handle.map(|h| h.render()).unwrap_or_default() }
             }),
         )
+        .route(auth::LOGOUT, post(auth::logout).with_state(state.clone()))
         .merge(operations_view::router(state.clone()))
         .merge(board::router(&state.pool))
-        .layer(middleware::from_fn_with_state(
-            state.token.clone(),
-            auth::require_ops_token,
-        ))
+        .layer(middleware::from_fn_with_state(state, auth::require_ops_token))
 }
 
 /// How often the gauges that need a query are refreshed (not per scrape).

@@ -136,6 +136,7 @@ async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<R
          td,th{border:1px solid #ccc;padding:.3em .5em;font-size:.9em}th{background:#eee}\
          .failed{color:#a00}.succeeded{color:#070}</style></head><body>\
          <h1>idemq operations</h1><p><a href=\"/\">Queue dashboard</a></p>\
+         <form method=\"post\" action=\"/ops/logout\"><button id=\"logout\">Sign out</button></form>\
          <form method=\"get\">status <select name=\"status\"><option value=\"\">any</option>\
          <option>queued</option><option>running</option><option>succeeded</option><option>failed</option></select> \
          kind <input name=\"kind\" size=\"18\"> principal <input name=\"principal\" size=\"10\"> \
