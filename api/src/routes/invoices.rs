@@ -31,9 +31,11 @@ pub const MARK_PAID: &str = "/invoices/{id}/mark-paid";
         (status = 202, description = "Accepted (or a replay of an unfinished operation): poll `Location`", body = OperationView, headers(
             ("Location" = String, description = "/operations/{id}"),
             ("Idempotent-Replayed" = String, description = "`true` on a replay"),
-            ("RateLimit" = String, description = "Remaining budget (draft-11), when rate limiting is on")),
+            ("RateLimit" = String, description = "Remaining budget (draft-11), when rate limiting is on"),
+            ("Preference-Applied" = String, description = "`wait=N` when the request asked to wait")),
             links(("GetOperation" = (operation_id = "getOperation", parameters(("id" = "$response.body#/id")))))),
-        (status = 200, description = "Final response (after `Prefer: wait`, or replayed): `{invoice}`", body = crate::openapi::InvoiceBody),
+        (status = 200, description = "Final response (after `Prefer: wait`, or replayed): `{invoice}`", body = crate::openapi::InvoiceBody,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replay"), ("Preference-Applied" = String, description = "`wait=N` when the request asked to wait"))),
         (status = 400, response = crate::openapi::MutationWithIdBadRequest),
         (status = 404, description = "Final response (stored refusal): invoice-not-found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Final response (stored refusal): invoice-already-paid", body = Problem, content_type = "application/problem+json"),

@@ -31,9 +31,11 @@ pub const RECORD: &str = "/meter-readings";
         (status = 202, description = "Accepted (or a replay of an unfinished operation): poll `Location`", body = OperationView, headers(
             ("Location" = String, description = "/operations/{id}"),
             ("Idempotent-Replayed" = String, description = "`true` on a replay"),
-            ("RateLimit" = String, description = "Remaining budget (draft-11), when rate limiting is on")),
+            ("RateLimit" = String, description = "Remaining budget (draft-11), when rate limiting is on"),
+            ("Preference-Applied" = String, description = "`wait=N` when the request asked to wait")),
             links(("GetOperation" = (operation_id = "getOperation", parameters(("id" = "$response.body#/id")))))),
-        (status = 201, description = "Final response: `{meterReading}`", body = crate::openapi::MeterReadingBody),
+        (status = 201, description = "Final response: `{meterReading}`", body = crate::openapi::MeterReadingBody,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replay"), ("Preference-Applied" = String, description = "`wait=N` when the request asked to wait"))),
         (status = 400, response = crate::openapi::MutationBadRequest),
         (status = 404, description = "Final response (stored refusal): contract-not-found", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "idempotency-key-reused (the key belongs to another request; nothing changed), or the final response (stored refusal) reading-below-last", body = Problem, content_type = "application/problem+json"),
