@@ -146,10 +146,17 @@ async fn mutating_routes_document_headers_bodies_and_problems() {
             op["requestBody"]["content"]["application/json"].is_object(),
             "{what}"
         );
-        assert!(
-            response(&doc, op, "202")["headers"]["Location"].is_object(),
-            "{what}"
-        );
+        let accepted = &response(&doc, op, "202")["headers"];
+        for h in ["Location", "Idempotent-Replayed", "Preference-Applied"] {
+            assert!(accepted[h].is_object(), "{what} 202 lacks {h}");
+        }
+        let done = if method == "post" { "201" } else { "200" };
+        for h in ["Idempotent-Replayed", "Preference-Applied"] {
+            assert!(
+                response(&doc, op, done)["headers"][h].is_object(),
+                "{what} {done} lacks {h}"
+            );
+        }
         let mut bad_request = vec![
             "idempotency-key-missing",
             "idempotency-key-empty",
