@@ -239,6 +239,18 @@ pub async fn serve_api(
     idempotency_ttl: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_api_with(listeners, pool, api, idempotency_ttl, shutdown, None).await
+}
+
+/// `serve_api`, with `extra` routes beside the API's (`idemq dev`'s demo page).
+pub async fn serve_api_with(
+    listeners: ApiListeners,
+    pool: PgPool,
+    api: &ApiConfig,
+    idempotency_ttl: Duration,
+    shutdown: CancellationToken,
+    extra: Option<axum::Router>,
+) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install_metrics();
     tracing::info!(addr = %listeners.api_addr()?, "api listening");
     let ops_task = match (listeners.ops, api.ops_token.clone()) {
@@ -262,7 +274,19 @@ pub async fn serve_api(
         _ => None,
     };
     let state = idemq_api::AppState::new(pool, api);
-    let served = idemq_api::serve(listeners.api, state, shutdown.clone()).await;
+    let served = match extra {
+        None => idemq_api::serve(listeners.api, state, shutdown.clone()).await,
+        Some(extra) => {
+            let stop = shutdown.clone();
+            let app = idemq_api::router(state).merge(extra);
+            axum::serve(
+                listeners.api,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        }
+    };
     shutdown.cancel();
     if let Some(task) = ops_task {
         task.await??;

@@ -92,10 +92,10 @@ async fn run_on(
     let ttl = shared.idempotency_ttl;
     let api_pool = pool.clone();
     let api_shutdown = shutdown.clone();
-    let api_task =
-        tokio::spawn(
-            async move { crate::cli::serve_api(listeners, api_pool, &api, ttl, api_shutdown).await },
-        );
+    let demo = crate::demo::router(&token);
+    let api_task = tokio::spawn(async move {
+        crate::cli::serve_api_with(listeners, api_pool, &api, ttl, api_shutdown, Some(demo)).await
+    });
     let settings = idemq_worker::WorkerSettings {
         config: worker,
         idempotency_ttl: shared.idempotency_ttl,
@@ -147,6 +147,7 @@ idemq dev is running.
   API        http://{addr}
   database   {url}
   token      {token}
+  demo page  http://{addr}/demo/
 
 Mark invoice inv-1 paid (repeat the same line: the stored response is replayed):
   curl -i -X PATCH http://{addr}/invoices/inv-1/mark-paid \

@@ -47,6 +47,8 @@ pub struct Fleet {
     /// Peak RSS of children already stopped.
     stopped: Vec<ProcRss>,
     next_worker: usize,
+    /// Added to every worker's environment (e.g. a shorter lease).
+    worker_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -61,7 +63,13 @@ impl Fleet {
             workers: Vec::new(),
             stopped: Vec::new(),
             next_worker: 1,
+            worker_env: Vec::new(),
         }
+    }
+
+    /// Workers started from now on get `key=value` in their environment.
+    pub fn worker_env(&mut self, key: &str, value: &str) {
+        self.worker_env.push((key.to_owned(), value.to_owned()));
     }
 
     fn command(&self, role: &str, log: &Path) -> anyhow::Result<Command> {
@@ -159,6 +167,7 @@ impl Fleet {
             let log = self.logs.join(format!("{}-{role}.log", self.tag));
             let mut cmd = self.command("worker", &log)?;
             cmd.env("IDEMQ_CLEANUP_ENABLED", "false");
+            cmd.envs(self.worker_env.iter().map(|(k, v)| (k, v)));
             let child = cmd.spawn().context("spawning `idemq worker`")?;
             self.workers.push(Proc {
                 role,
@@ -238,6 +247,21 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// SIGKILLs the worker with this pid (chaos), keeping its peak RSS for
+    /// the report; it leaves the fleet. False if no such worker.
+    pub async fn kill_worker(&mut self, pid: u32) -> anyhow::Result<bool> {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return Ok(false);
+        };
+        let mut w = self.workers.remove(i);
+        self.stopped.push(w.rss());
+        w.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", w.role))?;
+        Ok(true)
     }
 
     /// Stops the workers (SIGTERM, then SIGKILL after a deadline), keeping

@@ -342,13 +342,53 @@ async fn a_cleanup_stopped_by_shutdown_ends_between_batches() {
     })
     .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
+
+    // Shutdown arrives after the second of 50 batches has committed.
+    let mut batches = 0;
+    let mut after_batch = |so_far: &cleanup::CleanupReport| {
+        batches += 1;
+        assert!(!so_far.interrupted, "a batch ran after the stop");
+        if batches == 2 {
+            stop.cancel();
+        }
+    };
+    let report = cleanup::run_observed(&app.db.pool, &config, &stop, &mut after_batch)
+        .await
+        .unwrap();
+
+    assert!(report.interrupted, "{report:?}");
+    assert_eq!(batches, 2, "batches run after the stop");
+    assert_eq!(report.operations, 200, "{report:?}");
+    assert_eq!(report.total(), 200, "{report:?}");
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 4_800);
+    // The result a worker records for the tick says so too.
+    let json = serde_json::to_value(report).unwrap();
+    assert_eq!(json["interrupted"], Value::Bool(true));
+    assert_eq!(json["operations"], 200);
+
+    // The next run deletes the rest, to the end.
+    let next = cleanup::run_once(&app.db.pool, &config).await.unwrap();
+    assert!(!next.interrupted, "{next:?}");
+    assert_eq!(next.operations, 4_800);
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 0);
+}
+
+/// A stop before the first batch deletes nothing.
+#[tokio::test]
+async fn a_cleanup_stopped_before_it_starts_deletes_nothing() {
+    let app = spawn_app().await;
+    let principal = principal_id(&app.db.pool, "tester").await;
+    insert_expired_operations(&app.db.pool, principal, "expired", 300).await;
+    let stop = tokio_util::sync::CancellationToken::new();
     stop.cancel();
 
-    let report = cleanup::run_until(&app.db.pool, &config, &stop).await.unwrap();
+    let report = cleanup::run_until(&app.db.pool, &CleanupConfig::default(), &stop)
+        .await
+        .unwrap();
 
     assert!(report.interrupted);
     assert_eq!(report.total(), 0);
-    assert_eq!(app.count("SELECT count(*) FROM operations").await, 5_000);
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 300);
 }
 
 // --- Real worker processes ---

@@ -17,6 +17,9 @@ async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
         .env("IDEMQ_API_ADDR", "127.0.0.1:0")
+        // Both listeners on ports of their own, so that runs side by side
+        // (or a real `idemq dev`) do not collide on the default 3001.
+        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -46,6 +49,30 @@ async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
         banner.iter().any(|l| l.contains("curl -i -X PATCH")),
         "{banner:#?}"
     );
+
+    // The ops listener's address and password, as dev prints them.
+    let ops_line = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("Ops (dashboard, operations, /metrics): http://"))
+        .unwrap_or_else(|| panic!("no ops address printed: {banner:#?}"));
+    let (ops_addr, rest) = ops_line.split_once('/').expect("ops URL");
+    let ops_addr: std::net::SocketAddr = ops_addr.parse().unwrap();
+    let ops_token = rest.rsplit_once("password ").expect("ops password").1.trim();
+    assert_ne!(
+        ops_addr.port(),
+        idemq_core::config::DEFAULT_OPS_ADDR
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port(),
+        "the ops listener took the fixed default port"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{ops_addr}/metrics"))
+        .bearer_auth(ops_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), reqwest::StatusCode::OK);
 
     let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);

@@ -49,11 +49,39 @@ async fn a_repeat_of_a_succeeded_request_is_answered_from_memory_byte_for_byte()
     assert_eq!(waited.body, from_db.body);
     assert_eq!(waited.preference_applied.as_deref(), Some("wait=5"));
 
-    // A refusal is not kept (an operator may retry a failed operation), and
-    // a different request under a kept key is the database's to judge (422):
-    // both need the records, so neither is answered now.
+    sqlx::query("ALTER TABLE operations_out_of_reach RENAME TO operations")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    // A refusal is not kept (an operator may retry a failed operation): its
+    // repeat is the database's answer. The stored answer is changed behind
+    // the API's back, so that an answer from a kept copy would show.
+    let mut changed: Value = serde_json::from_slice(&refusal_from_db.body).unwrap();
+    changed["detail"] = json!("changed in the database after the first repeat");
+    let changed = changed.to_string();
+    let updated =
+        sqlx::query("UPDATE operations SET response_body = $1 WHERE idempotency_key = 'key-refused'")
+            .bind(&changed)
+            .execute(&app.db.pool)
+            .await
+            .unwrap()
+            .rows_affected();
+    assert_eq!(updated, 1);
     let refusal = Answer::read(app.mark_paid("404", "key-refused").await).await;
-    assert_ne!(refusal.status, StatusCode::NOT_FOUND, "{refusal:?}");
+    assert_eq!(
+        refusal,
+        Answer {
+            body: changed.into_bytes(),
+            ..refusal_from_db.clone()
+        }
+    );
+    assert_eq!(refusal.status, StatusCode::NOT_FOUND);
+    assert_eq!(refusal.content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(refusal.replayed.as_deref(), Some("true"));
+
+    // A different request under a kept key is the database's to judge: the
+    // 422 of a reused key, never the kept 200.
     let reused = Answer::read(
         app.request(Method::PATCH, "/invoices/123/mark-paid")
             .header("Idempotency-Key", "key-paid")
@@ -63,6 +91,18 @@ async fn a_repeat_of_a_succeeded_request_is_answered_from_memory_byte_for_byte()
             .unwrap(),
     )
     .await;
-    assert_ne!(reused.status, StatusCode::OK, "{reused:?}");
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{reused:?}");
+    assert_eq!(reused.content_type.as_deref(), Some("application/problem+json"));
     assert_eq!(reused.replayed, None);
+    assert_eq!(reused.location, None);
+    let problem: Value = serde_json::from_slice(&reused.body).unwrap();
+    assert_eq!(
+        problem,
+        json!({
+            "type": problem_type("idempotency-key-reused"),
+            "title": "Idempotency-Key was used with a different request",
+            "status": 422,
+            "detail": "This key belongs to an earlier request with another method, path or body. Use a new key.",
+        })
+    );
 }

@@ -384,15 +384,25 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
     }
     let started = Instant::now();
 
-    // Clients: every invoice once, every third one repeated at once (same key).
+    // The load comes in waves, each released by a kill, so that the kills
+    // are spread over the run whatever the machine's speed: wave k (of
+    // KILLS + 1) is sent once k workers holding jobs have been killed.
+    const KILLS: usize = 5;
+    let (killed_tx, killed_rx) = tokio::sync::watch::channel(0usize);
     let sent = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..CLIENTS {
         let app = app.clone();
         let sent = sent.clone();
+        let mut killed = killed_rx.clone();
         clients.spawn(async move {
             let mut ids = Vec::new();
             for i in (1..=INVOICES).filter(|i| i % CLIENTS == c) {
+                let wave = (i - 1) * (KILLS + 1) / INVOICES;
+                killed
+                    .wait_for(|k| *k >= wave)
+                    .await
+                    .expect("the chaos task ended early");
                 let (invoice, key) = (format!("inv-{i}"), format!("key-{i}"));
                 let r = app.mark_paid(&invoice, &key).await;
                 assert_eq!(r.status(), StatusCode::ACCEPTED, "first request for {invoice}");
@@ -409,14 +419,14 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
                 }
                 ids.push((invoice, id));
                 sent.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(150)).await;
             }
             ids
         });
     }
 
-    // Chaos: every 1–2 s, SIGKILL a worker — one holding a job when there
-    // is one — and start a replacement.
+    // Chaos: as soon as a worker holds a job, SIGKILL it and start a
+    // replacement (ready before the next kill, so that the fleet keeps
+    // working); at least KILLS times, and on until the clients are done.
     let stop = CancellationToken::new();
     let chaos = {
         let stop = stop.clone();
@@ -425,10 +435,8 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
         tokio::spawn(async move {
             let mut kills = 0;
             loop {
-                let pause = Duration::from_millis(rand::random_range(1000..=2000));
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(pause) => {}
+                if stop.is_cancelled() && kills >= KILLS {
+                    break;
                 }
                 let holders: Vec<String> = sqlx::query_scalar(
                     "SELECT lock_by FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
@@ -438,25 +446,44 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
                 .unwrap();
                 let victim = fleet
                     .iter()
-                    .position(|w| holders.iter().any(|h| h.contains(&format!("-{}-", w.pid()))))
-                    .unwrap_or_else(|| rand::random_range(0..fleet.len()));
+                    .position(|w| holders.iter().any(|h| h.contains(&format!("-{}-", w.pid()))));
+                let Some(victim) = victim else {
+                    // Polling for the next job in flight, not pacing.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 fleet[victim].kill9();
                 fleet[victim] = WorkerProc::spawn(&url, &[]);
+                fleet[victim].wait_ready().await;
                 kills += 1;
+                killed_tx.send_replace(kills);
             }
             (fleet, kills)
         })
     };
 
+    // The clients and the chaos, within one overall deadline.
     let mut ops = Vec::new();
-    while let Some(joined) = clients.join_next().await {
-        ops.extend(joined.unwrap());
-    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(joined) = clients.join_next().await {
+            ops.extend(joined.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "clients not done in 120 s ({} sent)",
+            sent.load(Ordering::Relaxed)
+        )
+    });
     stop.cancel();
-    let (mut fleet, kills) = chaos.await.unwrap();
+    let (mut fleet, kills) = tokio::time::timeout(Duration::from_secs(60), chaos)
+        .await
+        .expect("the chaos task found no more jobs in flight to kill")
+        .unwrap();
     let submitted_in = started.elapsed();
     assert_eq!(ops.len(), INVOICES);
-    assert!(kills >= 5, "only {kills} kills");
+    assert!(kills >= KILLS, "only {kills} kills");
 
     // Every operation finishes (the survivors rescue what the dead held).
     let drain = Instant::now();
@@ -911,8 +938,22 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
         assert!(asked.elapsed() < DEADLINE, "{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let late = submit(&app, "inv-4", "k-4").await;
+    // Its job is in the queue, free, while the worker finishes the three
+    // others (2 s each): it could take it, and must not.
+    eventually("the late job queued while the worker still runs", || {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND lock_by IS NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    })
+    .await;
     let status = worker.wait_exit(Duration::from_secs(15)).await;
     println!(
         "SIGTERM with 3 jobs in flight: exit {status} after {:?}",

@@ -6,6 +6,7 @@ mod approvals;
 mod auth;
 mod bench_smoke;
 mod cleanup;
+mod client_ts;
 mod dev_process;
 mod errors;
 mod final_answers;

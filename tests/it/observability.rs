@@ -235,14 +235,32 @@ fn alert_rules_name_only_metrics_we_export() {
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
     assert_eq!(alerts, 4, "the four alerts of the deployment guide");
-    // promtool, when installed, checks the syntax properly (CI installs it).
-    if let Ok(out) = Command::new("promtool")
+}
+
+/// promtool checks the rules' syntax and expressions properly. It is
+/// required, never skipped: a missing promtool fails here rather than letting
+/// a broken alerts.yml pass unseen.
+#[test]
+fn alert_rules_pass_promtool_check() {
+    let out = match Command::new("promtool")
         .args(["check", "rules"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/alerts.yml"))
         .output()
     {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    }
+        Ok(out) => out,
+        Err(e) => panic!("promtool could not be run ({e}); install it: apt-get install prometheus"),
+    };
+    assert!(
+        out.status.success(),
+        "promtool check rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("4 rules found"),
+        "promtool saw other rules than the four alerts: {stdout}"
+    );
 }
 
 #[tokio::test]

@@ -185,9 +185,21 @@ pub async fn run_until(
     config: &CleanupConfig,
     stop: &CancellationToken,
 ) -> Result<CleanupReport, Error> {
+    run_observed(pool, config, stop, &mut |_| {}).await
+}
+
+/// `run_until`, calling `after_batch` with the counts so far after each
+/// committed batch (before the pause). A hook for tests that must act at a
+/// known point of a run, e.g. stop it between two batches; a no-op otherwise.
+pub async fn run_observed(
+    pool: &PgPool,
+    config: &CleanupConfig,
+    stop: &CancellationToken,
+    after_batch: &mut (dyn FnMut(&CleanupReport) + Send),
+) -> Result<CleanupReport, Error> {
     let started = std::time::Instant::now();
     let mut report = CleanupReport::default();
-    let result = delete_all(pool, config.options(), stop, &mut report).await;
+    let result = delete_all(pool, config.options(), stop, &mut report, after_batch).await;
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     // Deleted is deleted, whether or not the run went to the end.
     for (table, n) in report.per_table() {
@@ -229,6 +241,7 @@ async fn delete_all(
     o: &CleanupOptions,
     stop: &CancellationToken,
     report: &mut CleanupReport,
+    after_batch: &mut (dyn FnMut(&CleanupReport) + Send),
 ) -> Result<(), Error> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2) as f64;
     // Each statement locks a batch of due rows (skipping rows others hold)
@@ -300,6 +313,7 @@ async fn delete_all(
                 2 => report.workers += deleted,
                 _ => report.duty_ticks += deleted,
             }
+            after_batch(report);
             // A short batch: nothing more is due (rows locked by others are
             // left for the next run).
             if deleted < u64::from(o.batch_size) {

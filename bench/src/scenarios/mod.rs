@@ -1,5 +1,6 @@
 //! The scenarios and what they share: seeding, the mark-paid request, the
 //! wait for every operation to be final, the correctness checks, profiling.
+mod chaos;
 mod cleanup;
 mod drain;
 mod enqueue;
@@ -14,6 +15,7 @@ use anyhow::bail;
 use clap::{Args, FromArgMatches};
 use sqlx::PgPool;
 
+pub use chaos::ChaosArgs;
 pub use cleanup::CleanupArgs;
 pub use drain::DrainArgs;
 pub use enqueue::EnqueueArgs;
@@ -68,8 +70,20 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
         Scenario::Replay(_) => "replay",
         Scenario::Limited(_) => "limited",
         Scenario::Cleanup(_) => "cleanup",
+        Scenario::Chaos(_) => "chaos",
         Scenario::All => unreachable!("expanded by run"),
     };
+    // Runs on a private cluster of its own (it restarts Postgres).
+    if let Scenario::Chaos(a) = scenario {
+        progress("scenario chaos: preparing its own cluster");
+        let mut report = Report::new(name);
+        if let Err(e) = chaos::run(server, a, &mut report).await {
+            progress(format!("scenario {name} failed: {e:#}"));
+            report.error = Some(format!("{e:#}"));
+        }
+        progress(format!("scenario {name}: done"));
+        return report;
+    }
     progress(format!("scenario {name}: preparing a fresh database"));
     let mut report = Report::new(name);
     if let Some(note) = &server.profile_note {
@@ -96,7 +110,7 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
         Scenario::Replay(a) => replay::run(server, &db, a, &mut report).await,
         Scenario::Limited(a) => limited::run(server, &db, a, &mut report).await,
         Scenario::Cleanup(a) => cleanup::run(server, &db, a, &mut report).await,
-        Scenario::All => unreachable!(),
+        Scenario::Chaos(_) | Scenario::All => unreachable!(),
     };
     if let Err(e) = result {
         progress(format!("scenario {name} failed: {e:#}"));
