@@ -21,6 +21,8 @@ pub enum ApiError {
     InvalidPath(String),
     #[error("body too large")]
     PayloadTooLarge,
+    #[error("body is not declared JSON")]
+    UnsupportedMediaType,
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -62,6 +64,10 @@ impl ApiError {
             ApiError::InvalidBody(d) => Problem::new("invalid-body", "The request body is invalid", 400).detail(d),
             ApiError::InvalidPath(d) => Problem::new("invalid-path", "A path parameter is invalid", 400).detail(d),
             ApiError::PayloadTooLarge => Problem::new("payload-too-large", "The request body is too large", 413),
+            ApiError::UnsupportedMediaType => {
+                Problem::new("unsupported-media-type", "The request body is not JSON", 415)
+                    .detail("Send the body as `Content-Type: application/json`.")
+            }
             ApiError::NotFound(d) => Problem::new("not-found", "Not found", 404).detail(d),
             ApiError::MethodNotAllowed => Problem::new("method-not-allowed", "Method not allowed", 405),
             // Reached only when the path and body rules (`text::Text`) let

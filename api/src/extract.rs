@@ -2,7 +2,7 @@
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Request},
-    http::{request::Parts, StatusCode},
+    http::{header::CONTENT_TYPE, request::Parts, HeaderValue, StatusCode},
 };
 
 use idemq_core::text::Text;
@@ -12,27 +12,45 @@ use crate::error::ApiError;
 /// Longest id accepted in a path.
 pub const MAX_ID_LEN: usize = 200;
 
-/// The request body within `DefaultBodyLimit`; over it → 413.
+/// The request body within `DefaultBodyLimit`; over it → 413. A body that
+/// is not blank must be declared JSON (`application/json` or
+/// `application/*+json`), else 415: the document promises only JSON.
 pub struct LimitedBody(pub Bytes);
+
+fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(value) = content_type.to_str() else {
+        return false;
+    };
+    let media_type = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+}
 
 impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(LimitedBody)
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::InvalidBody(r.body_text())
-                }
-            })
+        let json = req.headers().get(CONTENT_TYPE).is_some_and(is_json);
+        let body = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidBody(r.body_text())
+            }
+        })?;
+        if !json && !body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Ok(LimitedBody(body))
     }
 }
 
-/// The single `{id}` of a route: 1 to `MAX_ID_LEN` bytes of `Text` (no
+/// The single `{id}` of a route: 1 to `MAX_ID_LEN` characters of `Text` (no
 /// control characters), refused with 400 `invalid-path` before any database
 /// work.
 pub struct Id(pub String);
@@ -44,9 +62,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::InvalidPath(e.body_text()))?;
-        if id.is_empty() || id.len() > MAX_ID_LEN {
+        // Characters, not bytes: the OpenAPI document (maxLength) can only
+        // count characters.
+        if id.is_empty() || id.chars().count() > MAX_ID_LEN {
             return Err(ApiError::InvalidPath(format!(
-                "an id is 1 to {MAX_ID_LEN} bytes long"
+                "an id is 1 to {MAX_ID_LEN} characters long"
             )));
         }
         let id = Text::parse(id).map_err(|e| ApiError::InvalidPath(format!("the id: {e}")))?;

@@ -10,6 +10,7 @@ pub const TYPE_BASE: &str = "https://idemq.dev/problems/";
 /// unauthorized, idempotency-key-missing, idempotency-key-empty,
 /// idempotency-key-too-long, idempotency-key-invalid-characters,
 /// idempotency-key-reused, invalid-body, invalid-path, payload-too-large,
+/// unsupported-media-type,
 /// not-found, method-not-allowed, rate-limited, service-unavailable,
 /// internal-error; stored by jobs: invoice-not-found, invoice-already-paid,
 /// application-not-found, application-not-pending, contract-not-found,

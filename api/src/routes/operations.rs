@@ -16,12 +16,15 @@ use crate::{
 };
 
 /// Poll an operation (the caller's own only); honours `Prefer: wait`.
-#[utoipa::path(get, path = "/operations/{id}", tag = "operations",
-    params(("id" = String, Path, description = "op_…"), crate::openapi::PreferHeader),
+#[utoipa::path(get, path = "/operations/{id}", tag = "operations", operation_id = "getOperation",
+    params(crate::openapi::IdPath, crate::openapi::PreferHeader),
     responses((status = 200, body = OperationView, headers(("Preference-Applied" = String, description = "wait=N when honoured"))),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown, another principal's, or expired and deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json")),
+        (status = 404, description = "not-found: unknown, another principal's, or expired and deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::openapi::InvalidPath),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,

@@ -12,7 +12,7 @@ export interface paths {
                 query?: never;
                 header?: never;
                 path: {
-                    /** @description Application id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -27,14 +27,9 @@ export interface paths {
                         "application/json": components["schemas"]["ApprovalBody"];
                     };
                 };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                400: components["responses"]["InvalidPath"];
+                401: components["responses"]["Unauthorized"];
+                /** @description not-found: no such application */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -43,14 +38,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         put?: never;
@@ -78,23 +68,30 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: {
+                header: {
                     /**
-                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field) and `abc` are the same key.
-                     *     Required unless IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false.
+                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field, `\"` and `\\` escapes) and `abc`
+                     *     are the same key (the pattern: a bare key does not start with a quote).
+                     *     Missing → 400 idempotency-key-missing; empty, too long or other characters → 400
+                     *     idempotency-key-empty / -too-long / -invalid-characters. (Declared required even when
+                     *     the server runs with IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false, a rollback switch that
+                     *     clients must not rely on.)
                      */
-                    "Idempotency-Key"?: string | null;
-                    /** @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes. */
-                    Prefer?: string | null;
+                    "Idempotency-Key": string;
+                    /**
+                     * @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
+                     *     Other preferences are ignored.
+                     */
+                    Prefer?: string;
                 };
                 path: {
-                    /** @description Application id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
             };
-            /** @description `{}` or `{"note": "…"}` */
-            requestBody: {
+            /** @description `{}`, `{"note": "…"}` or no body */
+            requestBody?: {
                 content: {
                     "application/json": components["schemas"]["Approve"];
                 };
@@ -103,39 +100,36 @@ export interface paths {
                 /** @description Final response: `{application, contract}` */
                 200: {
                     headers: {
+                        /** @description `true` on a replay */
+                        "Idempotent-Replayed"?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ApprovalBody"];
                     };
                 };
+                /** @description Accepted (or a replay of an unfinished operation): poll `Location` */
                 202: {
                     headers: {
+                        /** @description `true` on a replay */
                         "Idempotent-Replayed"?: string;
+                        /** @description /operations/{id} */
                         Location?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
+                        /** @description Remaining budget (draft-11), when rate limiting is on */
+                        RateLimit?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["OperationView"];
                     };
                 };
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description Stored refusal: application-not-found */
+                400: components["responses"]["MutationWithIdBadRequest"];
+                401: components["responses"]["Unauthorized"];
+                /** @description Final response (stored refusal): application-not-found */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -144,7 +138,7 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                /** @description Stored refusal: application-not-pending */
+                /** @description Final response (stored refusal): application-not-pending */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -153,38 +147,12 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                413: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                413: components["responses"]["PayloadTooLarge"];
+                415: components["responses"]["UnsupportedMediaType"];
+                422: components["responses"]["KeyReused"];
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         trace?: never;
@@ -206,17 +174,24 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: {
+                header: {
                     /**
-                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field) and `abc` are the same key.
-                     *     Required unless IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false.
+                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field, `\"` and `\\` escapes) and `abc`
+                     *     are the same key (the pattern: a bare key does not start with a quote).
+                     *     Missing → 400 idempotency-key-missing; empty, too long or other characters → 400
+                     *     idempotency-key-empty / -too-long / -invalid-characters. (Declared required even when
+                     *     the server runs with IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false, a rollback switch that
+                     *     clients must not rely on.)
                      */
-                    "Idempotency-Key"?: string | null;
-                    /** @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes. */
-                    Prefer?: string | null;
+                    "Idempotency-Key": string;
+                    /**
+                     * @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
+                     *     Other preferences are ignored.
+                     */
+                    Prefer?: string;
                 };
                 path: {
-                    /** @description Application id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -230,38 +205,36 @@ export interface paths {
                 /** @description Final response: `{application}` */
                 200: {
                     headers: {
+                        /** @description `true` on a replay */
+                        "Idempotent-Replayed"?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ApplicationBody"];
                     };
                 };
+                /** @description Accepted (or a replay of an unfinished operation): poll `Location` */
                 202: {
                     headers: {
+                        /** @description `true` on a replay */
                         "Idempotent-Replayed"?: string;
+                        /** @description /operations/{id} */
                         Location?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
+                        /** @description Remaining budget (draft-11), when rate limiting is on */
+                        RateLimit?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["OperationView"];
                     };
                 };
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                400: components["responses"]["MutationWithIdBadRequest"];
+                401: components["responses"]["Unauthorized"];
+                /** @description Final response (stored refusal): application-not-found */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -270,6 +243,7 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
+                /** @description Final response (stored refusal): application-not-pending */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -278,38 +252,12 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                413: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                413: components["responses"]["PayloadTooLarge"];
+                415: components["responses"]["UnsupportedMediaType"];
+                422: components["responses"]["KeyReused"];
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         trace?: never;
@@ -327,7 +275,7 @@ export interface paths {
                 query?: never;
                 header?: never;
                 path: {
-                    /** @description Contract id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -342,14 +290,9 @@ export interface paths {
                         "application/json": components["schemas"]["MeterReadingList"];
                     };
                 };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                400: components["responses"]["InvalidPath"];
+                401: components["responses"]["Unauthorized"];
+                /** @description not-found: no such contract */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -358,14 +301,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         put?: never;
@@ -393,12 +331,14 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description alive */
+                /** @description alive: `{"status": "ok"}` */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": unknown;
+                    };
                 };
             };
         };
@@ -423,7 +363,7 @@ export interface paths {
                 query?: never;
                 header?: never;
                 path: {
-                    /** @description Invoice id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -438,14 +378,9 @@ export interface paths {
                         "application/json": components["schemas"]["InvoiceBody"];
                     };
                 };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                400: components["responses"]["InvalidPath"];
+                401: components["responses"]["Unauthorized"];
+                /** @description not-found: no such invoice */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -454,14 +389,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         put?: never;
@@ -489,17 +419,24 @@ export interface paths {
         patch: {
             parameters: {
                 query?: never;
-                header?: {
+                header: {
                     /**
-                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field) and `abc` are the same key.
-                     *     Required unless IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false.
+                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field, `\"` and `\\` escapes) and `abc`
+                     *     are the same key (the pattern: a bare key does not start with a quote).
+                     *     Missing → 400 idempotency-key-missing; empty, too long or other characters → 400
+                     *     idempotency-key-empty / -too-long / -invalid-characters. (Declared required even when
+                     *     the server runs with IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false, a rollback switch that
+                     *     clients must not rely on.)
                      */
-                    "Idempotency-Key"?: string | null;
-                    /** @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes. */
-                    Prefer?: string | null;
+                    "Idempotency-Key": string;
+                    /**
+                     * @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
+                     *     Other preferences are ignored.
+                     */
+                    Prefer?: string;
                 };
                 path: {
-                    /** @description Invoice id */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -513,20 +450,26 @@ export interface paths {
                 /** @description Final response (after `Prefer: wait`, or replayed): `{invoice}` */
                 200: {
                     headers: {
+                        /** @description `true` on a replay */
+                        "Idempotent-Replayed"?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["InvoiceBody"];
                     };
                 };
-                /** @description Accepted (or a replay of an unfinished operation) */
+                /** @description Accepted (or a replay of an unfinished operation): poll `Location` */
                 202: {
                     headers: {
                         /** @description `true` on a replay */
                         "Idempotent-Replayed"?: string;
                         /** @description /operations/{id} */
                         Location?: string;
-                        /** @description Remaining budget (draft-11) */
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
+                        /** @description Remaining budget (draft-11), when rate limiting is on */
                         RateLimit?: string;
                         [name: string]: unknown;
                     };
@@ -534,24 +477,9 @@ export interface paths {
                         "application/json": components["schemas"]["OperationView"];
                     };
                 };
-                /** @description Missing/invalid key or body */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description Stored refusal: invoice-not-found */
+                400: components["responses"]["MutationWithIdBadRequest"];
+                401: components["responses"]["Unauthorized"];
+                /** @description Final response (stored refusal): invoice-not-found */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -560,7 +488,7 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                /** @description Stored refusal: invoice-already-paid */
+                /** @description Final response (stored refusal): invoice-already-paid */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -569,43 +497,12 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                413: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description idempotency-key-reused */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                429: {
-                    headers: {
-                        RateLimit?: string;
-                        "RateLimit-Policy"?: string;
-                        "Retry-After"?: number;
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                503: {
-                    headers: {
-                        "Retry-After"?: number;
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                413: components["responses"]["PayloadTooLarge"];
+                415: components["responses"]["UnsupportedMediaType"];
+                422: components["responses"]["KeyReused"];
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         trace?: never;
@@ -623,14 +520,21 @@ export interface paths {
         post: {
             parameters: {
                 query?: never;
-                header?: {
+                header: {
                     /**
-                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field) and `abc` are the same key.
-                     *     Required unless IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false.
+                     * @description 1–255 visible ASCII bytes; `"abc"` (structured field, `\"` and `\\` escapes) and `abc`
+                     *     are the same key (the pattern: a bare key does not start with a quote).
+                     *     Missing → 400 idempotency-key-missing; empty, too long or other characters → 400
+                     *     idempotency-key-empty / -too-long / -invalid-characters. (Declared required even when
+                     *     the server runs with IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false, a rollback switch that
+                     *     clients must not rely on.)
                      */
-                    "Idempotency-Key"?: string | null;
-                    /** @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes. */
-                    Prefer?: string | null;
+                    "Idempotency-Key": string;
+                    /**
+                     * @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
+                     *     Other preferences are ignored.
+                     */
+                    Prefer?: string;
                 };
                 path?: never;
                 cookie?: never;
@@ -644,39 +548,36 @@ export interface paths {
                 /** @description Final response: `{meterReading}` */
                 201: {
                     headers: {
+                        /** @description `true` on a replay */
+                        "Idempotent-Replayed"?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["MeterReadingBody"];
                     };
                 };
+                /** @description Accepted (or a replay of an unfinished operation): poll `Location` */
                 202: {
                     headers: {
+                        /** @description `true` on a replay */
                         "Idempotent-Replayed"?: string;
+                        /** @description /operations/{id} */
                         Location?: string;
+                        /** @description `wait=N` when the request asked to wait */
+                        "Preference-Applied"?: string;
+                        /** @description Remaining budget (draft-11), when rate limiting is on */
+                        RateLimit?: string;
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["OperationView"];
                     };
                 };
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description Stored refusal: contract-not-found */
+                400: components["responses"]["MutationBadRequest"];
+                401: components["responses"]["Unauthorized"];
+                /** @description Final response (stored refusal): contract-not-found */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -685,15 +586,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                413: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description idempotency-key-reused, or stored refusal reading-below-last */
+                413: components["responses"]["PayloadTooLarge"];
+                415: components["responses"]["UnsupportedMediaType"];
+                /** @description idempotency-key-reused (the key belongs to another request; nothing changed), or the final response (stored refusal) reading-below-last */
                 422: {
                     headers: {
                         [name: string]: unknown;
@@ -702,22 +597,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         delete?: never;
@@ -774,11 +656,14 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes. */
-                    Prefer?: string | null;
+                    /**
+                     * @description `wait=N` (seconds, at most 30): answer when the operation finishes or N passes.
+                     *     Other preferences are ignored.
+                     */
+                    Prefer?: string;
                 };
                 path: {
-                    /** @description op_… */
+                    /** @description 1–200 characters, no control characters (U+0000–U+001F, U+007F–U+009F). */
                     id: string;
                 };
                 cookie?: never;
@@ -795,15 +680,9 @@ export interface paths {
                         "application/json": components["schemas"]["OperationView"];
                     };
                 };
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
-                /** @description Unknown, another principal's, or expired and deleted */
+                400: components["responses"]["InvalidPath"];
+                401: components["responses"]["Unauthorized"];
+                /** @description not-found: unknown, another principal's, or expired and deleted */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -812,14 +691,9 @@ export interface paths {
                         "application/problem+json": components["schemas"]["Problem"];
                     };
                 };
-                429: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/problem+json": components["schemas"]["Problem"];
-                    };
-                };
+                429: components["responses"]["RateLimited"];
+                500: components["responses"]["InternalError"];
+                503: components["responses"]["ServiceUnavailable"];
             };
         };
         put?: never;
@@ -847,15 +721,21 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description ready */
+                /** @description ready: `{"status": "ready", …}` */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": unknown;
+                    };
                 };
+                500: components["responses"]["InternalError"];
+                /** @description service-unavailable: the database is unreachable or migrations are not applied */
                 503: {
                     headers: {
+                        /** @description Seconds to wait before retrying */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -959,6 +839,7 @@ export interface components {
          *     unauthorized, idempotency-key-missing, idempotency-key-empty,
          *     idempotency-key-too-long, idempotency-key-invalid-characters,
          *     idempotency-key-reused, invalid-body, invalid-path, payload-too-large,
+         *     unsupported-media-type,
          *     not-found, method-not-allowed, rate-limited, service-unavailable,
          *     internal-error; stored by jobs: invoice-not-found, invoice-already-paid,
          *     application-not-found, application-not-pending, contract-not-found,
@@ -966,6 +847,11 @@ export interface components {
          */
         Problem: {
             detail?: string | null;
+            /**
+             * @description Only on a 500 `internal-error`: the id of the log line that tells
+             *     the operator what failed.
+             */
+            errorId?: string | null;
             /** Format: int32 */
             status: number;
             title: string;
@@ -990,7 +876,133 @@ export interface components {
             status: number;
         };
     };
-    responses: never;
+    responses: {
+        /**
+         * @description `internal-error`: a failure that retrying will not fix; `errorId` names the server's log
+         *     line. Nothing was recorded.
+         */
+        InternalError: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description `invalid-path`: the id is empty, longer than 200 characters or has control characters. */
+        InvalidPath: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `idempotency-key-reused`: the key belongs to an earlier request with another method,
+         *     path or body. Nothing changed.
+         */
+        KeyReused: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `idempotency-key-missing`, `idempotency-key-empty`, `idempotency-key-too-long`,
+         *     `idempotency-key-invalid-characters` or `invalid-body` (not JSON, not an object, wrong
+         *     types, unknown or missing fields, a text field blank, too long or with control
+         *     characters). Nothing was recorded.
+         */
+        MutationBadRequest: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `idempotency-key-missing`, `idempotency-key-empty`, `idempotency-key-too-long`,
+         *     `idempotency-key-invalid-characters`, `invalid-body` (not JSON, not an object, wrong
+         *     types, unknown or missing fields, a text field blank, too long or with control
+         *     characters), or `invalid-path` (the id). Nothing was recorded.
+         */
+        MutationWithIdBadRequest: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description `payload-too-large`: the body is over IDEMQ_BODY_LIMIT_BYTES. Nothing was recorded. */
+        PayloadTooLarge: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `rate-limited`: the principal's (or, before authentication, the client IP's) budget of
+         *     this route class is spent. Nothing was recorded.
+         */
+        RateLimited: {
+            headers: {
+                /** @description e.g. `"sensitive";r=0;t=6` */
+                RateLimit?: string;
+                /** @description draft-ietf-httpapi-ratelimit-headers-11, e.g. `"sensitive";q=10;w=60` */
+                "RateLimit-Policy"?: string;
+                /** @description Whole seconds (≥ 1) until a request would pass */
+                "Retry-After"?: number;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `service-unavailable`: a transient cause (database unreachable, pool exhausted,
+         *     serialization failure). Nothing was recorded: retry the same request, same key.
+         */
+        ServiceUnavailable: {
+            headers: {
+                /** @description Seconds to wait before retrying */
+                "Retry-After"?: number;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description `unauthorized`: no bearer token, or one the server does not know. */
+        Unauthorized: {
+            headers: {
+                /** @description `Bearer` */
+                "WWW-Authenticate"?: string;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description `unsupported-media-type`: a body that is not declared `application/json`. Nothing was
+         *     recorded.
+         */
+        UnsupportedMediaType: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+    };
     parameters: never;
     requestBodies: never;
     headers: never;
