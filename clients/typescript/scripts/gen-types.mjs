@@ -19,9 +19,8 @@ export async function generate(baseUrl) {
   const res = await fetch(`${baseUrl.replace(/\/$/, "")}/openapi.json`);
   if (!res.ok) throw new Error(`GET /openapi.json: ${res.status}`);
   const doc = await res.json();
-  // The server names several handlers `get` (operationId must be unique for
-  // the generator's validator); the types need no operation names, so the
-  // operations are typed inline under their paths.
+  // The types need no operation names: operations are typed inline under
+  // their paths, so renaming a handler's operationId changes no type.
   for (const item of Object.values(doc.paths ?? {})) {
     for (const op of Object.values(item)) if (op && typeof op === "object") delete op.operationId;
   }
