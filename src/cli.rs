@@ -262,6 +262,7 @@ pub async fn serve_api_with(
                 metrics,
                 idempotency_ttl,
                 session: idemq_api::ops::auth::Sessions::new(api.ops_https),
+                shutdown: shutdown.clone(),
             };
             idemq_api::ops::spawn_gauges(pool.clone(), shutdown.clone());
             let stop = shutdown.clone();

@@ -2,6 +2,7 @@
 //! dashboard, the operations view, `/metrics` — all behind the ops token.
 pub mod auth;
 pub mod board;
+pub mod log_feed;
 pub mod operations_view;
 
 use std::{sync::Arc, time::Duration};
@@ -23,6 +24,8 @@ pub struct OpsState {
     pub idempotency_ttl: Duration,
     /// Signs the browser session cookie (`auth::Sessions::new` in production).
     pub session: auth::Sessions,
+    /// Ends the board's live log streams, which would hold a graceful shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -37,7 +40,7 @@ pub fn router(state: OpsState) -> Router {
         )
         .route(auth::LOGOUT, post(auth::logout).with_state(state.clone()))
         .merge(operations_view::router(state.clone()))
-        .merge(board::router(&state.pool))
+        .merge(board::router(&state.pool, state.shutdown.clone()))
         .layer(middleware::from_fn_with_state(state, auth::require_ops_token))
 }
 
