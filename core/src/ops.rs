@@ -303,3 +303,98 @@ pub async fn cancel(
     tx.commit().await?;
     Ok(ActionResult::Done)
 }
+
+/// A paused queue (README "Pausing a queue").
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuePause {
+    pub queue: String,
+    pub paused_at: DateTime<Utc>,
+    pub paused_by: String,
+}
+
+/// Not one of `queue::ALL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownQueue(pub String);
+
+fn known_queue(name: &str) -> Result<&'static str, UnknownQueue> {
+    queue::ALL
+        .into_iter()
+        .find(|q| *q == name)
+        .ok_or_else(|| UnknownQueue(name.to_owned()))
+}
+
+/// Pauses `queue`: from their next fetch, no worker of the fleet takes its
+/// jobs (jobs already handed to a worker finish). Returns false if it was
+/// already paused (nothing changes, nothing is logged).
+pub async fn pause_queue(pool: &PgPool, name: &str, who: &str) -> Result<Result<bool, UnknownQueue>, Error> {
+    let name = match known_queue(name) {
+        Ok(q) => q,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut tx = pool.begin().await?;
+    let paused =
+        sqlx::query("INSERT INTO queue_pauses (queue, paused_by) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(who)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    if paused {
+        log_pause(&mut tx, name, "queue.pause", who).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(paused))
+}
+
+/// Resumes `queue` and wakes its workers at once (as a new job would).
+/// Returns false if it was not paused.
+pub async fn resume_queue(pool: &PgPool, name: &str, who: &str) -> Result<Result<bool, UnknownQueue>, Error> {
+    let name = match known_queue(name) {
+        Ok(q) => q,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut tx = pool.begin().await?;
+    let resumed = sqlx::query("DELETE FROM queue_pauses WHERE queue = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if resumed {
+        log_pause(&mut tx, name, "queue.resume", who).await?;
+        sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
+            .bind(crate::notifier::JOB_INSERT_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(resumed))
+}
+
+async fn log_pause(
+    conn: &mut PgConnection,
+    name: &str,
+    action: &'static str,
+    who: &str,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO queue_pause_log (queue, action, by) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(action)
+        .bind(who)
+        .execute(conn)
+        .await?;
+    tracing::info!(queue = name, by = who, action, "ops: queue action done");
+    Ok(())
+}
+
+/// The paused queues.
+pub async fn paused_queues(pool: &PgPool) -> Result<Vec<QueuePause>, Error> {
+    Ok(
+        sqlx::query_as("SELECT queue, paused_at, paused_by FROM queue_pauses ORDER BY queue")
+            .fetch_all(pool)
+            .await?,
+    )
+}

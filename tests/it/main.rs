@@ -8,6 +8,7 @@ mod auth;
 mod bench_smoke;
 mod cleanup;
 mod client_ts;
+mod console;
 mod dev_process;
 mod final_answers;
 mod fleet;

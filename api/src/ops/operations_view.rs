@@ -96,6 +96,12 @@ pub struct ActionQuery {
     redirect: Option<String>,
 }
 
+impl ActionQuery {
+    pub fn is_redirect(&self) -> bool {
+        self.redirect.is_some()
+    }
+}
+
 async fn retry(
     State(s): State<OpsState>,
     Extension(who): Extension<Operator>,
@@ -336,6 +342,7 @@ async fn operation_page(State(s): State<OpsState>, Path(id): Path<String>) -> Re
 
 async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let rows = ops::list(&s.pool, &q.filter()?).await?;
+    let paused = ops::paused_queues(&s.pool).await?;
     let value = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
     let selected = |status: &str| {
         let on = q.status.as_deref() == Some(status);
@@ -366,8 +373,37 @@ async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<R
     for r in &rows {
         html.push_str(&row_html(r));
     }
-    html.push_str("</table></div></body></html>");
+    html.push_str("</table></div>");
+    html.push_str(&queues_html(&paused));
+    html.push_str("</body></html>");
     Ok(no_store(Html(html).into_response()))
+}
+
+/// Each queue, paused or running, with the switch that applies.
+fn queues_html(paused: &[ops::QueuePause]) -> String {
+    let mut html = String::from(
+        "<h2>Queues</h2><div class=\"scroll\"><table id=\"queues\"><tr><th>queue</th><th>state</th><th>action</th></tr>",
+    );
+    for queue in idemq_core::queue::ALL {
+        let (state, action) = match paused.iter().find(|p| p.queue == queue) {
+            Some(p) => (
+                format!(
+                    "<span class=\"failed\">paused</span> since {} by {}",
+                    p.paused_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    esc(&p.paused_by)
+                ),
+                "resume",
+            ),
+            None => ("running".to_owned(), "pause"),
+        };
+        html.push_str(&format!(
+            "<tr><td>{queue}</td><td id=\"queue-{queue}\">{state}</td><td><form method=\"post\" \
+             action=\"/ops/api/queues/{queue}/{action}?redirect=1\"><button id=\"{action}-{queue}\">{action}</button>\
+             </form></td></tr>"
+        ));
+    }
+    html.push_str("</table></div><p>A paused queue keeps accepting requests; no worker takes its jobs until it is resumed.</p>");
+    html
 }
 
 fn row_html(r: &OperationRow) -> String {

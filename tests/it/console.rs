@@ -1,0 +1,198 @@
+//! The ops console's switches (issue 17): pausing a queue holds fleet-wide,
+//! across worker processes and restarts, while the API keeps accepting.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const OPS_TOKEN: &str = "ops-secret";
+
+/// A real `idemq worker` process, killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    async fn start(db_url: &str) -> Worker {
+        let log = std::env::temp_dir().join(format!(
+            "idemq-console-worker-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(idemq_bin())
+            .arg("worker")
+            .env("DATABASE_URL", db_url)
+            .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+            .env("IDEMQ_WORKER_LEASE", "2s")
+            .env("IDEMQ_CLEANUP_ENABLED", "false")
+            .env("IDEMQ_LOG_FORMAT", "pretty")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn idemq worker");
+        let worker = Worker { child, log };
+        let started = Instant::now();
+        while !worker.log_text().contains("worker ready") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "worker not ready:\n{}",
+                worker.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn idemq_cli(db_url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(idemq_bin())
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("USER", "oncall")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn spawn_ops(app: &TestApp) -> String {
+    let state = idemq_api::ops::OpsState {
+        pool: idemq_core::db::connect(&app.db.url, 4).await.unwrap(),
+        token: OPS_TOKEN.into(),
+        metrics: None,
+        idempotency_ttl: Duration::from_secs(3600),
+        session: idemq_api::ops::auth::Sessions::new(false),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, idemq_api::ops::router(state)).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_runs_on_no_worker_of_the_fleet_until_resumed() {
+    let app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    let client = reqwest::Client::new();
+    // One worker process before the pause, one started while paused (as
+    // after a restart or a deploy).
+    let _before = Worker::start(&app.db.url).await;
+    app.insert_invoice("warm").await;
+    let warm: Value = app.mark_paid("warm", "warm").await.json().await.unwrap();
+    assert_eq!(
+        app.await_final(warm["id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+
+    let (ok, out) = idemq_cli(&app.db.url, &["queue", "pause", "payments"]);
+    assert!(ok && out.contains("payments: paused"), "{out}");
+    let (ok, out) = idemq_cli(&app.db.url, &["queue", "pause", "payments"]);
+    assert!(ok && out.contains("already paused"), "{out}");
+    let (ok, out) = idemq_cli(&app.db.url, &["queue", "pause", "payment"]);
+    assert!(!ok && out.contains("there is no queue"), "{out}");
+    let _after = Worker::start(&app.db.url).await;
+
+    // The API keeps accepting and recording.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let invoice = format!("inv-{i}");
+        app.insert_invoice(&invoice).await;
+        let r = app.mark_paid(&invoice, &format!("k-{i}")).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let op: Value = r.json().await.unwrap();
+        ids.push(op["id"].as_str().unwrap().to_owned());
+    }
+    // No worker takes them. Absence cannot be awaited: both workers are
+    // given many fetches' time (woken by each insert's notice, and their
+    // 100 ms timer) to prove they take nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE status = 'queued'")
+            .await,
+        6
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND lock_by IS NULL")
+            .await,
+        6
+    );
+    let (_, status) = idemq_cli(&app.db.url, &["queue", "status"]);
+    assert!(
+        status.contains("payments\tpaused since") && status.contains("cli:oncall"),
+        "{status}"
+    );
+    assert!(status.contains("approvals\trunning"), "{status}");
+    let page = client
+        .get(format!("{ops}/ops/operations"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"resume-payments\"") && page.contains("id=\"pause-approvals\""),
+        "{page}"
+    );
+
+    // Resumed from the console: every one finishes.
+    let r = client
+        .post(format!("{ops}/ops/api/queues/payments/resume"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["changed"], true);
+    for id in &ids {
+        assert_eq!(app.await_final(id).await["status"], "succeeded");
+    }
+    let log: Vec<(String, String)> = sqlx::query_as("SELECT action, by FROM queue_pause_log ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        log,
+        [
+            ("queue.pause".to_owned(), "cli:oncall".to_owned()),
+            ("queue.resume".to_owned(), "ops-token".to_owned())
+        ]
+    );
+    let r = client
+        .post(format!("{ops}/ops/api/queues/nope/pause"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(&r, StatusCode::NOT_FOUND);
+}
