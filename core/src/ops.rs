@@ -23,6 +23,12 @@ pub struct Filter {
     pub principal: Option<String>,
     /// Only operations created at least this many seconds ago.
     pub older_than_secs: Option<i64>,
+    /// The idempotency key, exactly.
+    pub key: Option<String>,
+    /// Keyset paging: only operations older than this one (ids are UUIDv7,
+    /// so the primary key orders by creation: no extra index to page
+    /// through millions of rows).
+    pub before: Option<OperationId>,
     pub limit: i64,
 }
 
@@ -60,13 +66,17 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<OperationRow>, Error>
          WHERE ($1::text IS NULL OR o.status = $1) AND ($2::text IS NULL OR o.kind = $2)
            AND ($3::text IS NULL OR p.name = $3)
            AND ($4::bigint IS NULL OR o.created_at <= now() - $4 * interval '1 second')
-         ORDER BY o.created_at DESC LIMIT $5"
+           AND ($6::text IS NULL OR o.idempotency_key = $6)
+           AND ($7::uuid IS NULL OR o.id < $7)
+         ORDER BY o.id DESC LIMIT $5"
     )))
     .bind(&f.status)
     .bind(&f.kind)
     .bind(&f.principal)
     .bind(f.older_than_secs)
     .bind(f.limit.clamp(1, 1000))
+    .bind(&f.key)
+    .bind(f.before.map(|id| id.uuid()))
     .fetch_all(pool)
     .await?)
 }

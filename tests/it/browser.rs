@@ -175,6 +175,15 @@ impl Browser {
             .await;
     }
 
+    /// Emulates a phone-sized screen (`width` CSS pixels wide).
+    pub async fn phone(&mut self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 2, "mobile": true }),
+        )
+        .await;
+    }
+
     /// A PNG of the window as `<screenshots_dir>/<name>.png`.
     pub async fn screenshot(&mut self, name: &str) -> PathBuf {
         let r = self

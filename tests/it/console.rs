@@ -9,7 +9,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::{browser::Browser, helpers::*};
 
 const OPS_TOKEN: &str = "ops-secret";
 
@@ -195,4 +195,44 @@ async fn a_paused_queue_runs_on_no_worker_of_the_fleet_until_resumed() {
         .await
         .unwrap();
     assert_problem(&r, StatusCode::NOT_FOUND);
+}
+
+/// In Chromium, from the console: pause stops `payments` jobs while the API
+/// still answers 202, and resume finishes them. Screenshots of the paused
+/// console at desktop and phone width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_pause_holds_payments_and_resume_finishes_them() {
+    let mut app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    app.start_worker().await;
+    let mut b = Browser::launch(&format!("Bearer {OPS_TOKEN}")).await;
+    b.open(&format!("{ops}/ops/operations")).await;
+    b.wait_for_text(&["Queues", "payments"]).await;
+    b.click("#pause-payments").await;
+    b.wait_for_text(&["paused since"]).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM queue_pauses WHERE queue = 'payments'")
+            .await,
+        1
+    );
+
+    app.insert_invoice("1").await;
+    let r = app.mark_paid("1", "paused").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let id = op["id"].as_str().unwrap();
+    // Absence cannot be awaited: the worker is given many fetches' time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.get_operation(id).await.json::<Value>().await.unwrap()["status"],
+        "queued"
+    );
+
+    b.open(&format!("{ops}/ops/operations")).await;
+    b.wait_for_text(&[id, "paused since"]).await;
+    b.screenshot("operations-paused").await;
+    b.phone(390, 844).await;
+    b.screenshot("operations-phone").await;
+    b.click("#resume-payments").await;
+    assert_eq!(app.await_final(id).await["status"], "succeeded");
 }

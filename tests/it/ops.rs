@@ -590,6 +590,14 @@ async fn cancel_of_a_queued_operation_stores_409_and_its_job_changes_nothing() {
         app.get_operation(id).await.json::<Value>().await.unwrap()["status"],
         "failed"
     );
+    // A cancelled operation can be retried: it runs, under its key.
+    let r = ops
+        .post(&format!("/ops/api/operations/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.await_final(id).await["status"], "succeeded");
     let _ = Method::GET;
 }
 
@@ -1000,4 +1008,93 @@ async fn in_a_browser_an_exhausted_operation_is_retried_and_a_refused_one_is_not
     // The form posts and lands back on the list.
     b.wait_for_text(&["idemq operations"]).await;
     assert_eq!(app.await_final(&id).await["status"], "succeeded");
+}
+
+/// Keyset paging through the list (newest first), with the filters kept on
+/// the page's "Older" link; the key filter; and the live refresh on page one.
+#[tokio::test]
+async fn the_list_pages_by_keyset_and_filters_by_key() {
+    let app = spawn_app().await; // no worker: the operations stay queued
+    let ops = spawn_ops(&app).await;
+    let mut made = Vec::new();
+    for i in 0..5 {
+        app.insert_invoice(&format!("p{i}")).await;
+        let op: Value = app
+            .mark_paid(&format!("p{i}"), &format!("page-{i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        made.push(op["id"].as_str().unwrap().to_owned());
+    }
+    made.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut before = String::new();
+    for expected in [2, 2, 1] {
+        let page: Value = ops
+            .get(&format!(
+                "/ops/api/operations?limit=2&status=queued&before={before}"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<String> = page["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), expected, "{page}");
+        before = ids.last().unwrap().clone();
+        seen.extend(ids);
+    }
+    assert_eq!(seen, made);
+
+    let html = ops
+        .get("/ops/operations?limit=2&status=queued")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let next = format!(
+        "href=\"/ops/operations?before={}&amp;status=queued&amp;limit=2\"",
+        made[1]
+    );
+    assert!(html.contains(&next), "{next} missing:\n{html}");
+    assert!(html.contains("setInterval"), "page one refreshes itself");
+    let older = ops
+        .get(&format!(
+            "/ops/operations?limit=2&status=queued&before={}",
+            made[1]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(older.contains(&made[2]) && !older.contains(&made[0]), "{older}");
+    assert!(!older.contains("setInterval"), "an older page holds still");
+
+    let by_key: Value = ops
+        .get("/ops/api/operations?key=page-3")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_key["operations"].as_array().unwrap().len(), 1);
+    assert_eq!(by_key["operations"][0]["idempotencyKey"], "page-3");
+    let r = ops
+        .get("/ops/api/operations?before=nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

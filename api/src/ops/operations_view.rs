@@ -25,6 +25,17 @@ use crate::{
 };
 
 pub const PAGE: &str = "/ops/operations";
+/// Rows a page shows unless `limit` says otherwise.
+pub const PAGE_SIZE: i64 = 50;
+
+/// The first page refreshes itself: every 5 s it fetches itself again and
+/// swaps in the tables, unless the operator is typing in a filter field.
+const LIVE_SCRIPT: &str = "<script>setInterval(async()=>{const a=document.activeElement;\
+if(a&&(a.tagName==='INPUT'||a.tagName==='SELECT'))return;\
+try{const r=await fetch(location.href,{credentials:'same-origin'});if(!r.ok)return;\
+const d=new DOMParser().parseFromString(await r.text(),'text/html');\
+for(const id of ['operations','queues']){const n=d.getElementById(id),o=document.getElementById(id);\
+if(n&&o)o.replaceWith(n);}}catch(e){}},5000);</script>";
 
 pub fn router(state: OpsState) -> Router {
     Router::new()
@@ -48,6 +59,9 @@ pub struct ListQuery {
     /// Created at least this many seconds ago (text: the page's form sends
     /// an empty field).
     older_than: Option<String>,
+    key: Option<String>,
+    /// Keyset paging: the last id of the previous page.
+    before: Option<String>,
     limit: Option<i64>,
 }
 
@@ -59,7 +73,16 @@ impl ListQuery {
             kind: some(&self.kind),
             principal: some(&self.principal),
             older_than_secs: older_than(self.older_than.as_deref())?,
-            limit: self.limit.unwrap_or(100),
+            key: some(&self.key),
+            before: match some(&self.before) {
+                None => None,
+                Some(id) => {
+                    Some(id.parse().map_err(|_| {
+                        ApiError::InvalidPath(format!("before is an operation id, not {id:?}."))
+                    })?)
+                }
+            },
+            limit: self.limit.unwrap_or(PAGE_SIZE),
         })
     }
 }
@@ -349,13 +372,17 @@ async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<R
         format!("<option{}>{status}</option>", if on { " selected" } else { "" })
     };
     let mut html = head("idemq operations");
+    // The queues first: a paused one is the first thing on-call must see.
+    html.push_str("<h1>idemq operations</h1><h2>Queues</h2>");
+    html.push_str(&queues_html(&paused));
     html.push_str(&format!(
-        "<h1>idemq operations</h1><p><a href=\"/\">Queue dashboard</a> \
+        "<h2>Operations</h2><p><a href=\"/\">Queue dashboard</a> \
          <form method=\"post\" action=\"/ops/logout\"><button id=\"logout\">Sign out</button></form></p>\
          <form method=\"get\">status <select name=\"status\"><option value=\"\">any</option>\
          {}{}{}{}</select> \
          kind <input name=\"kind\" size=\"18\" value=\"{}\"> principal <input name=\"principal\" size=\"10\" value=\"{}\"> \
-         older than (s) <input name=\"olderThan\" size=\"5\" value=\"{}\"> <button>Filter</button></form> \
+         older than (s) <input name=\"olderThan\" size=\"5\" value=\"{}\"> \
+         key <input name=\"key\" size=\"12\" value=\"{}\"> <button>Filter</button></form> \
          <form method=\"get\" action=\"/ops/operations/retry-all\">\
          <input type=\"hidden\" name=\"kind\" value=\"{4}\"><input type=\"hidden\" name=\"principal\" value=\"{5}\">\
          <input type=\"hidden\" name=\"olderThan\" value=\"{6}\"><button id=\"retry-all\">Retry all retryable…</button></form>\
@@ -369,12 +396,40 @@ async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<R
         value(&q.kind),
         value(&q.principal),
         value(&q.older_than),
+        value(&q.key),
     ));
     for r in &rows {
         html.push_str(&row_html(r));
     }
     html.push_str("</table></div>");
-    html.push_str(&queues_html(&paused));
+    let limit = q.limit.unwrap_or(PAGE_SIZE);
+    match rows.last() {
+        Some(last) if rows.len() as i64 >= limit => {
+            let mut next = format!("{PAGE}?before={}", last.id);
+            for (name, v) in [
+                ("status", &q.status),
+                ("kind", &q.kind),
+                ("principal", &q.principal),
+                ("olderThan", &q.older_than),
+                ("key", &q.key),
+            ] {
+                if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                    next.push_str(&format!("&{name}={}", url_encode(v)));
+                }
+            }
+            if q.limit.is_some() {
+                next.push_str(&format!("&limit={limit}"));
+            }
+            html.push_str(&format!(
+                "<p><a id=\"next\" href=\"{}\">Older →</a></p>",
+                esc(&next)
+            ));
+        }
+        _ => html.push_str("<p>End of the list.</p>"),
+    }
+    if q.before.is_none() {
+        html.push_str(LIVE_SCRIPT);
+    }
     html.push_str("</body></html>");
     Ok(no_store(Html(html).into_response()))
 }
@@ -382,7 +437,7 @@ async fn page(State(s): State<OpsState>, Query(q): Query<ListQuery>) -> Result<R
 /// Each queue, paused or running, with the switch that applies.
 fn queues_html(paused: &[ops::QueuePause]) -> String {
     let mut html = String::from(
-        "<h2>Queues</h2><div class=\"scroll\"><table id=\"queues\"><tr><th>queue</th><th>state</th><th>action</th></tr>",
+        "<div class=\"scroll\"><table id=\"queues\"><tr><th>queue</th><th>state</th><th>action</th></tr>",
     );
     for queue in idemq_core::queue::ALL {
         let (state, action) = match paused.iter().find(|p| p.queue == queue) {
@@ -430,6 +485,16 @@ fn row_html(r: &OperationRow) -> String {
         created = r.created_at.format("%Y-%m-%d %H:%M:%S"),
         response = r.response_status.map(|s| s.to_string()).unwrap_or_default(),
     )
+}
+
+/// Percent-encodes a query parameter's value.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn esc(s: &str) -> String {
