@@ -9,7 +9,15 @@
 //! of field names (ids, queue, status, error text). Anything else — request
 //! headers, bodies, tokens — never reaches a browser even if a future log
 //! line carries it. With no browser connected the layer costs one atomic load.
-use std::{convert::Infallible, fmt::Write as _, sync::LazyLock, time::Duration};
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        LazyLock,
+    },
+    time::Duration,
+};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -47,9 +55,40 @@ pub fn layer() -> LogFeed {
     LogFeed
 }
 
+/// Open subscriptions. The layer reads this on every span and event;
+/// `broadcast::Sender::receiver_count` would take a mutex there instead.
+static LISTENERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Lines from now on (for a test, or the SSE handler).
-pub fn subscribe() -> broadcast::Receiver<String> {
-    FEED.subscribe()
+pub fn subscribe() -> Subscription {
+    LISTENERS.fetch_add(1, Ordering::SeqCst);
+    Subscription(FEED.subscribe())
+}
+
+/// A listener of the feed; the layer stops copying when the last is dropped.
+pub struct Subscription(broadcast::Receiver<String>);
+
+impl std::ops::Deref for Subscription {
+    type Target = broadcast::Receiver<String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Subscription {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        LISTENERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn listened() -> bool {
+    LISTENERS.load(Ordering::Relaxed) > 0
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,7 +107,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        if FEED.receiver_count() == 0 {
+        if !listened() {
             return;
         }
         let mut fields = Collect::default();
@@ -83,7 +122,7 @@ where
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        if FEED.receiver_count() == 0 {
+        if !listened() {
             return;
         }
         let meta = event.metadata();
