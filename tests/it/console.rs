@@ -236,3 +236,105 @@ async fn in_a_browser_pause_holds_payments_and_resume_finishes_them() {
     b.click("#resume-payments").await;
     assert_eq!(app.await_final(id).await["status"], "succeeded");
 }
+
+/// The real binary feeds its own log lines to the board's stream (the
+/// tracing layer is installed by `idemq api`): a replay's `IDEMPOTENT` line
+/// arrives in the board's `LogEntry` shape, and no token does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_log_stream_carries_the_api_processes_own_lines() {
+    use std::io::{BufRead, BufReader};
+    let app = spawn_app().await;
+    app.insert_invoice("1").await;
+    let token = app.token_for("streamer").await;
+    let mut child = Command::new(idemq_bin())
+        .arg("api")
+        .env("DATABASE_URL", &app.db.url)
+        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
+        .env("IDEMQ_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let (api, ops) = tokio::task::spawn_blocking(move || {
+        let (mut api, mut ops) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(u) = line.strip_prefix("api listening on ") {
+                api = Some(u.to_owned());
+            }
+            if let Some(u) = line.strip_prefix("ops listening on ") {
+                ops = Some(u.to_owned());
+            }
+            if api.is_some() && ops.is_some() {
+                break;
+            }
+        }
+        (api.expect("api address"), ops.expect("ops address"))
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut events = client
+        .get(format!("{ops}/api/v1/events"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    for _ in 0..2 {
+        let r = client
+            .patch(format!("{api}/invoices/1/mark-paid"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "streamed")
+            .json(&serde_json::json!({ "paymentMethod": "card" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let mut seen = String::new();
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let chunk = events.chunk().await.unwrap().expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(line) = seen
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .find(|l| l.contains("IDEMPOTENT"))
+            {
+                return line.trim().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the replay's log line reached the stream");
+    let entry: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["level"], "INFO");
+    assert!(
+        entry["span"]["task_id"].as_str().unwrap().starts_with("op_"),
+        "{entry}"
+    );
+    assert!(
+        entry["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("IDEMPOTENT replay"),
+        "{entry}"
+    );
+    assert!(
+        !seen.contains(&token) && !seen.contains(OPS_TOKEN),
+        "a token reached the stream"
+    );
+    assert!(!seen.contains("paymentMethod"), "a body reached the stream");
+}
