@@ -64,6 +64,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Pause or resume a queue (README "Pausing a queue"): the API keeps
+    /// accepting; no worker of the fleet takes a paused queue's jobs.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Measure a real fleet (API + worker processes, started by the bench):
     /// throughput, latency, peak RSS, CPU split, correctness.
     Bench(idemq_bench::BenchArgs),
@@ -76,6 +82,26 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         contracts: i64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Stop workers fleet-wide from taking QUEUE's jobs (from their next
+    /// fetch); survives restarts until `resume`.
+    Pause {
+        queue: String,
+        /// Who pauses, for the log (default: `cli:$USER`).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Let workers take QUEUE's jobs again (woken at once).
+    Resume {
+        queue: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Which queues are paused, since when, by whom.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +155,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => idemq_bench::run(args).await,
+        Command::Queue { command } => {
+            let pool = connect(&cli.db).await?;
+            let operator = |by: Option<String>| {
+                by.unwrap_or_else(|| {
+                    format!(
+                        "cli:{}",
+                        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+                    )
+                })
+            };
+            let (queue, done) = match command {
+                QueueCommand::Pause { queue, by } => {
+                    let done = idemq_core::ops::pause_queue(&pool, &queue, &operator(by)).await?;
+                    (
+                        queue,
+                        done.map(|changed| if changed { "paused" } else { "already paused" }),
+                    )
+                }
+                QueueCommand::Resume { queue, by } => {
+                    let done = idemq_core::ops::resume_queue(&pool, &queue, &operator(by)).await?;
+                    (
+                        queue,
+                        done.map(|changed| if changed { "resumed" } else { "not paused" }),
+                    )
+                }
+                QueueCommand::Status => {
+                    let paused = idemq_core::ops::paused_queues(&pool).await?;
+                    for queue in idemq_core::queue::ALL {
+                        match paused.iter().find(|p| p.queue == queue) {
+                            Some(p) => println!(
+                                "{queue}\tpaused since {} by {}",
+                                p.paused_at.to_rfc3339(),
+                                p.paused_by
+                            ),
+                            None => println!("{queue}\trunning"),
+                        }
+                    }
+                    return Ok(());
+                }
+            };
+            match done {
+                Ok(what) => {
+                    println!("{queue}: {what}");
+                    Ok(())
+                }
+                Err(unknown) => anyhow::bail!(
+                    "there is no queue {:?} (queues: {})",
+                    unknown.0,
+                    idemq_core::queue::ALL.join(", ")
+                ),
+            }
+        }
         Command::Token {
             command: TokenCommand::Create { name },
         } => {
@@ -262,6 +340,7 @@ pub async fn serve_api_with(
                 metrics,
                 idempotency_ttl,
                 session: idemq_api::ops::auth::Sessions::new(api.ops_https),
+                shutdown: shutdown.clone(),
             };
             idemq_api::ops::spawn_gauges(pool.clone(), shutdown.clone());
             let stop = shutdown.clone();

@@ -5,16 +5,24 @@ pub const DEFAULT_FILTER: &str =
     "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn,tower_http=warn";
 
 pub fn init(format: &str) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder
+    let stderr = fmt::layer().with_writer(std::io::stderr);
+    let stderr = if format == "json" {
+        stderr
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(crate::json_log::JsonLine)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        stderr.boxed()
     };
+    // The ops board's live log (idemq_api::ops::log_feed): a copy of our
+    // own lines for a browser that listens, nothing when none does.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(idemq_api::ops::log_feed::layer())
+        .try_init();
 }
 
 /// Installs the process-wide Prometheus recorder (once) and registers every

@@ -1,5 +1,6 @@
 //! Black-box tests: real Postgres (one throwaway cluster per run, a fresh
 //! database per test), real HTTP on port 0, real worker loops and processes.
+mod browser;
 mod helpers;
 
 mod approvals;
@@ -7,6 +8,7 @@ mod auth;
 mod bench_smoke;
 mod cleanup;
 mod client_ts;
+mod console;
 mod dev_process;
 mod errors;
 mod final_answers;

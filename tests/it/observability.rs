@@ -220,6 +220,7 @@ fn alert_rules_name_only_metrics_we_export() {
         "idemq_lock_wait_seconds_bucket",
         "idemq_idempotency_key_missing_total",
         "idemq_http_requests_total",
+        "idemq_queue_paused",
     ];
     let mut alerts = 0;
     for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
@@ -234,7 +235,10 @@ fn alert_rules_name_only_metrics_we_export() {
         .lines()
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
-    assert_eq!(alerts, 4, "the four alerts of the deployment guide");
+    assert_eq!(
+        alerts, 5,
+        "the deployment guide's four alerts and the paused queue's"
+    );
 }
 
 /// promtool checks the rules' syntax and expressions properly. It is
@@ -258,8 +262,8 @@ fn alert_rules_pass_promtool_check() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("4 rules found"),
-        "promtool saw other rules than the four alerts: {stdout}"
+        stdout.contains("5 rules found"),
+        "promtool saw other rules than the five alerts: {stdout}"
     );
 }
 

@@ -3,7 +3,10 @@ use idemq_api::ops::auth::{Sessions, DEFAULT_SESSION_LIFETIME, SESSION_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::{
+    browser::{self, Browser},
+    helpers::*,
+};
 
 const OPS_TOKEN: &str = "ops-secret";
 
@@ -34,6 +37,15 @@ async fn spawn_ops(app: &TestApp) -> Ops {
 
 /// `https`: as `IDEMQ_OPS_HTTPS=true`.
 async fn spawn_ops_with(app: &TestApp, https: bool) -> Ops {
+    spawn_ops_full(app, https, tokio_util::sync::CancellationToken::new()).await
+}
+
+/// Served until `shutdown` is cancelled (gracefully, as `idemq serve` does).
+async fn spawn_ops_until(app: &TestApp, shutdown: tokio_util::sync::CancellationToken) -> Ops {
+    spawn_ops_full(app, false, shutdown).await
+}
+
+async fn spawn_ops_full(app: &TestApp, https: bool, shutdown: tokio_util::sync::CancellationToken) -> Ops {
     let session = Sessions::with_key(rand::random(), DEFAULT_SESSION_LIFETIME, https);
     let state = idemq_api::ops::OpsState {
         pool: idemq_core::db::connect(&app.db.url, 4).await.unwrap(),
@@ -41,10 +53,15 @@ async fn spawn_ops_with(app: &TestApp, https: bool) -> Ops {
         metrics: None,
         idempotency_ttl: std::time::Duration::from_secs(3600),
         session: session.clone(),
+        shutdown: shutdown.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, idemq_api::ops::router(state)).await });
+    tokio::spawn(async move {
+        axum::serve(listener, idemq_api::ops::router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
     Ops {
         addr,
         // Redirects are part of what is tested: never followed.
@@ -129,6 +146,96 @@ async fn the_board_lists_our_queues_and_refuses_pushes() {
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 1);
 }
 
+/// The board's UI calls the system unhealthy when its log stream fails or
+/// ends: the stream is served, stays open, and ends when the listener shuts
+/// down (an open stream would hold a graceful shutdown).
+#[tokio::test]
+async fn the_board_log_stream_stays_open_until_shutdown() {
+    let app = spawn_app().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ops = spawn_ops_until(&app, shutdown.clone()).await;
+    let mut r = ops.get("/api/v1/events").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), Some("text/event-stream"));
+    // Open: nothing has ended it half a second later.
+    let open = tokio::time::timeout(std::time::Duration::from_millis(500), r.chunk()).await;
+    assert!(open.is_err(), "the stream ended: {open:?}");
+    shutdown.cancel();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream outlived the shutdown");
+}
+
+/// apalis-postgres 1.0 sends "Oldest Pending Job" as 0 (1970) with nothing
+/// pending, timestamps rounded through f32, and figures the UI labels "Total
+/// Jobs": the overview we serve has none of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_overview_has_no_1970_no_future_and_no_unlabelled_figures() {
+    let mut app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    app.insert_invoice("1").await;
+    let op: Value = app.mark_paid("1", "overview").await.json().await.unwrap();
+    app.start_worker().await;
+    app.await_final(op["id"].as_str().unwrap()).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Pending'")
+            .await,
+        0
+    );
+
+    let stats: Vec<Value> = ops
+        .get("/api/v1/overview")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let titles: Vec<&str> = stats.iter().map(|s| s["title"].as_str().unwrap()).collect();
+    assert!(!titles.contains(&"OLDEST_PENDING_JOB"), "{stats:?}");
+    for unlabelled in ["KILL_RATE", "KILLED_JOBS_TODAY"] {
+        assert!(!titles.contains(&unlabelled), "{stats:?}");
+    }
+    let mut unique = titles.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), titles.len(), "{titles:?}");
+    let total = stats.iter().find(|s| s["title"] == "TOTAL_JOBS").unwrap();
+    assert_eq!(total["value"], "1");
+    let recent = stats.iter().find(|s| s["title"] == "MOST_RECENT_JOB").unwrap();
+    assert_eq!(recent["stat_type"], "Timestamp");
+    let recent: i64 = recent["value"].as_str().unwrap().parse().unwrap();
+    let run_at = app
+        .count("SELECT floor(extract(epoch FROM max(run_at)))::int8 FROM apalis.jobs")
+        .await;
+    assert_eq!(recent, run_at);
+    assert!(recent <= now());
+
+    // A pending job: its tile appears, with its exact time.
+    app.stop_workers().await;
+    app.insert_invoice("2").await;
+    app.mark_paid("2", "overview-2").await;
+    let stats: Vec<Value> = ops
+        .get("/api/v1/overview")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let oldest = stats
+        .iter()
+        .find(|s| s["title"] == "OLDEST_PENDING_JOB")
+        .expect("a pending job");
+    let oldest: i64 = oldest["value"].as_str().unwrap().parse().unwrap();
+    let pending = app
+        .count("SELECT floor(extract(epoch FROM run_at))::int8 FROM apalis.jobs WHERE status = 'Pending'")
+        .await;
+    assert_eq!(oldest, pending);
+}
+
 #[tokio::test]
 async fn the_operations_view_filters_by_status_kind_principal_and_age() {
     let mut app = spawn_app().await;
@@ -185,31 +292,124 @@ async fn the_operations_view_filters_by_status_kind_principal_and_age() {
     assert!(!html.contains(paid["id"].as_str().unwrap()));
 }
 
-#[tokio::test]
-async fn retry_of_a_failed_operation_runs_it_again_under_the_same_key() {
+/// Every payment attempt fails (a database error in the job's transaction)
+/// until `heal_payments`.
+async fn break_payments(app: &TestApp) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN RAISE EXCEPTION 'card processor down'; END $f$;
+         CREATE TRIGGER test_fault BEFORE UPDATE ON invoices FOR EACH ROW EXECUTE FUNCTION test_fault();",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+async fn heal_payments(app: &TestApp) {
+    sqlx::raw_sql("DROP TRIGGER test_fault ON invoices")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
+/// A worker that gives up after two attempts.
+async fn start_impatient_worker(app: &mut TestApp) {
+    let mut config = test_worker_config();
+    config.job_max_attempts = 2;
+    app.start_worker_with(config).await;
+}
+
+/// An operation whose attempts ran out (stored 500 `operation-failed`).
+async fn exhausted_payment(app: &TestApp, invoice: &str, key: &str) -> String {
+    app.insert_invoice(invoice).await;
+    let op: Value = app.mark_paid(invoice, key).await.json().await.unwrap();
+    let id = op["id"].as_str().unwrap().to_owned();
+    let done = app.await_final(&id).await;
+    assert_eq!(done["response"]["status"], 500, "{done}");
+    assert_eq!(done["response"]["body"]["type"], problem_type("operation-failed"));
+    id
+}
+
+/// An operation refused by a business rule: the invoice was already paid
+/// (stored 409).
+async fn refused_payment(app: &TestApp, invoice: &str) -> String {
+    app.insert_invoice(invoice).await;
+    let first: Value = app
+        .mark_paid(invoice, &format!("{invoice}-a"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.await_final(first["id"].as_str().unwrap()).await;
+    let second: Value = app
+        .mark_paid(invoice, &format!("{invoice}-b"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = second["id"].as_str().unwrap().to_owned();
+    let done = app.await_final(&id).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["response"]["status"], 409, "{done}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_an_exhausted_operation_runs_it_again_under_the_same_key() {
     let mut app = spawn_app().await;
     let ops = spawn_ops(&app).await;
-    app.start_worker().await;
-    let first: Value = app.mark_paid("late", "k").await.json().await.unwrap();
-    let id = first["id"].as_str().unwrap();
-    assert_eq!(app.await_final(id).await["response"]["status"], 404);
-    app.insert_invoice("late").await; // the cause is fixed
+    break_payments(&app).await;
+    start_impatient_worker(&mut app).await;
+    let id = exhausted_payment(&app, "1", "k").await;
 
+    // Its page tells the story and offers the retry.
+    let page = ops.get(&format!("/ops/operations/{id}")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    for expected in [
+        "id=\"retry\"",
+        "operation-failed",
+        "<code>k</code>",
+        "&quot;body&quot;",
+        "apalis row",
+    ] {
+        assert!(page.contains(expected), "{expected} missing:\n{page}");
+    }
+    let listed = ops
+        .get("/ops/operations?status=failed")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains(&format!("/ops/api/operations/{id}/retry")),
+        "{listed}"
+    );
+
+    heal_payments(&app).await; // the cause is fixed
+                               // A person's retry: basic auth from the listener's own page.
     let r = ops
-        .post(&format!("/ops/api/operations/{id}/retry"))
+        .client
+        .post(format!("{}/ops/api/operations/{id}/retry", ops.addr))
+        .basic_auth("alice", Some(OPS_TOKEN))
+        .header("origin", &ops.addr)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
-    let done = app.await_final(id).await;
+    let done = app.await_final(&id).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["idempotencyKey"], "k");
-    let replay = app.mark_paid("late", "k").await;
+    let replay = app.mark_paid("1", "k").await;
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(
-        app.count("SELECT count(*) FROM audit_log WHERE action = 'operation.retry'")
-            .await,
+        app.count(
+            "SELECT count(*) FROM audit_log WHERE action = 'operation.retry' AND details->>'by' = 'alice'"
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -217,13 +417,121 @@ async fn retry_of_a_failed_operation_runs_it_again_under_the_same_key() {
             .await,
         1
     );
-    // Only failed operations can be retried.
+    let page = ops
+        .get(&format!("/ops/operations/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("operation.retry") && page.contains("alice"),
+        "{page}"
+    );
+    // A succeeded operation is not retried.
     let r = ops
         .post(&format!("/ops/api/operations/{id}/retry"))
         .send()
         .await
         .unwrap();
     assert_problem(&r, StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_refusal_offers_no_retry_and_its_retry_is_refused() {
+    let mut app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    app.start_worker().await;
+    let id = refused_payment(&app, "paid-twice").await;
+    let before = app.stored_response(&id).await;
+
+    let page = ops
+        .get(&format!("/ops/operations/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("id=\"retry\""), "{page}");
+    assert!(page.contains("refused by a business rule"), "{page}");
+    let listed = ops
+        .get("/ops/operations?status=failed")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains(&id) && !listed.contains("/retry?"), "{listed}");
+
+    let r = ops
+        .post(&format!("/ops/api/operations/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, StatusCode::CONFLICT, "operation-not-retryable").await;
+    assert_eq!(app.stored_response(&id).await, before);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_log WHERE action = 'operation.retry'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_shows_the_count_then_retries_only_what_can_help() {
+    let mut app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    app.start_worker().await;
+    let refused = refused_payment(&app, "paid-twice").await;
+    app.stop_workers().await;
+    break_payments(&app).await;
+    start_impatient_worker(&mut app).await;
+    let a = exhausted_payment(&app, "a", "ka").await;
+    let b = exhausted_payment(&app, "b", "kb").await;
+    heal_payments(&app).await;
+
+    let confirm = ops
+        .get("/ops/operations/retry-all?kind=invoice.mark_paid&principal=&olderThan=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), StatusCode::OK);
+    let confirm = confirm.text().await.unwrap();
+    assert!(confirm.contains("<strong>2</strong>"), "{confirm}");
+    assert!(confirm.contains("name=\"expect\" value=\"2\""), "{confirm}");
+    let r = ops
+        .get("/ops/operations/retry-all?olderThan=soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let r = ops
+        .post("/ops/api/operations/retry-all")
+        .form(&[
+            ("kind", "invoice.mark_paid"),
+            ("principal", ""),
+            ("olderThan", ""),
+            ("expect", "2"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["retried"], 2);
+    for id in [&a, &b] {
+        assert_eq!(app.await_final(id).await["status"], "succeeded");
+    }
+    assert_eq!(app.await_final(&refused).await["response"]["status"], 409);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_log WHERE action = 'operation.retry' AND details->>'by' = 'ops-token'")
+            .await,
+        2
+    );
 }
 
 #[tokio::test]
@@ -282,6 +590,14 @@ async fn cancel_of_a_queued_operation_stores_409_and_its_job_changes_nothing() {
         app.get_operation(id).await.json::<Value>().await.unwrap()["status"],
         "failed"
     );
+    // A cancelled operation can be retried: it runs, under its key.
+    let r = ops
+        .post(&format!("/ops/api/operations/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.await_final(id).await["status"], "succeeded");
     let _ = Method::GET;
 }
 
@@ -597,63 +913,50 @@ async fn logout_clears_the_session_cookie_and_only_from_the_ops_page() {
 }
 
 /// Headless Chromium (Debian's `chromium`; `.ci/run` installs it) opens the
-/// dashboard and the operations page with credentials, as a person would.
+/// dashboard and the operations pages as a person would, and leaves
+/// screenshots of each in `target/screenshots/` (browser::screenshots_dir).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_opens_the_dashboard_and_the_operations_page() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("this test needs Chromium: apt-get install chromium (.ci/run installs it)");
+    let chromium = browser::chromium();
     let mut app = spawn_app().await;
     let ops = spawn_ops(&app).await;
     app.insert_invoice("1").await;
     let op: Value = app.mark_paid("1", "browser").await.json().await.unwrap();
+    let id = op["id"].as_str().unwrap();
     // A worker registers itself on every queue, so the board knows them all.
     app.start_worker().await;
-    app.await_final(op["id"].as_str().unwrap()).await;
+    app.await_final(id).await;
     let host = ops.addr.trim_start_matches("http://").to_owned();
 
-    let dump = |path: &'static str, wait: &'static str| {
-        let url = format!("http://operator:{OPS_TOKEN}@{host}{path}");
-        let chromium = chromium.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let profile =
-                std::env::temp_dir().join(format!("idemq-chromium-{}", uuid::Uuid::new_v4().simple()));
-            let out = std::process::Command::new("timeout")
-                .arg("60")
-                .arg(chromium)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    wait,
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(url)
-                .output()
-                .unwrap();
-            let _ = std::fs::remove_dir_all(profile);
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-    };
+    let mut b = Browser::launch(&format!("Bearer {OPS_TOKEN}")).await;
     // The operations page, server-rendered: our operation is listed.
-    let page = dump("/ops/operations", "--timeout=5000").await.unwrap();
-    assert!(page.contains(op["id"].as_str().unwrap()), "{page}");
-    assert!(page.contains("invoice.mark_paid"), "{page}");
-    assert!(page.contains("Sign out"), "{page}");
+    b.open(&format!("{}/ops/operations", ops.addr)).await;
+    b.wait_for_text(&[id, "invoice.mark_paid", "Sign out"]).await;
+    b.screenshot("operations").await;
+    b.open(&format!("{}/ops/operations/{id}", ops.addr)).await;
+    b.wait_for_text(&["browser", "Stored response", "invoice.mark_paid", "Audit"])
+        .await;
+    b.screenshot("operation").await;
     // The dashboard: the board's (WebAssembly) application runs behind our
-    // auth, calls its API and renders our queues.
-    let board = dump("/", "--virtual-time-budget=10000").await.unwrap();
-    assert!(board.contains("Apalis Board"), "{board}");
-    for queue in ["payments", "approvals", "meter_readings"] {
-        assert!(board.contains(queue), "{queue} not rendered:\n{board}");
-    }
+    // auth, calls its API and renders our queues; its footer, fed by the log
+    // stream we serve, calls the system healthy.
+    b.open(&format!("{}/", ops.addr)).await;
+    let board = b
+        .wait_for_text(&[
+            "payments",
+            "approvals",
+            "meter_readings",
+            "All systems are operational",
+        ])
+        .await;
+    assert!(
+        !board.contains("Unhealthy") && !board.contains("System unhealthy"),
+        "{board}"
+    );
+    assert!(!board.contains("1970"), "{board}");
+    b.screenshot("board").await;
+    drop(b);
+
     // Without credentials the browser gets nothing of it.
     let url = format!("http://{host}/ops/operations");
     let out = std::process::Command::new("timeout")
@@ -676,4 +979,122 @@ async fn a_browser_opens_the_dashboard_and_the_operations_page() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(op["id"].as_str().unwrap()));
+}
+
+/// In Chromium: an exhausted operation's page shows its failure and its
+/// retry button finishes it; a refused one offers no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_exhausted_operation_is_retried_and_a_refused_one_is_not() {
+    let mut app = spawn_app().await;
+    let ops = spawn_ops(&app).await;
+    app.start_worker().await;
+    let refused = refused_payment(&app, "paid-twice").await;
+    app.stop_workers().await;
+    break_payments(&app).await;
+    start_impatient_worker(&mut app).await;
+    let id = exhausted_payment(&app, "1", "k").await;
+
+    let mut b = Browser::launch(&format!("Bearer {OPS_TOKEN}")).await;
+    b.open(&format!("{}/ops/operations/{refused}", ops.addr)).await;
+    let page = b.wait_for_text(&["refused by a business rule", "409"]).await;
+    assert!(!page.contains("\nretry"), "{page}");
+
+    b.open(&format!("{}/ops/operations/{id}", ops.addr)).await;
+    b.wait_for_text(&["operation-failed", "Gave up after 2 attempts", "retry"])
+        .await;
+    b.screenshot("operation-exhausted").await;
+    heal_payments(&app).await;
+    b.click("#retry").await;
+    // The form posts and lands back on the list.
+    b.wait_for_text(&["idemq operations"]).await;
+    assert_eq!(app.await_final(&id).await["status"], "succeeded");
+}
+
+/// Keyset paging through the list (newest first), with the filters kept on
+/// the page's "Older" link; the key filter; and the live refresh on page one.
+#[tokio::test]
+async fn the_list_pages_by_keyset_and_filters_by_key() {
+    let app = spawn_app().await; // no worker: the operations stay queued
+    let ops = spawn_ops(&app).await;
+    let mut made = Vec::new();
+    for i in 0..5 {
+        app.insert_invoice(&format!("p{i}")).await;
+        let op: Value = app
+            .mark_paid(&format!("p{i}"), &format!("page-{i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        made.push(op["id"].as_str().unwrap().to_owned());
+    }
+    made.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut before = String::new();
+    for expected in [2, 2, 1] {
+        let page: Value = ops
+            .get(&format!(
+                "/ops/api/operations?limit=2&status=queued&before={before}"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<String> = page["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), expected, "{page}");
+        before = ids.last().unwrap().clone();
+        seen.extend(ids);
+    }
+    assert_eq!(seen, made);
+
+    let html = ops
+        .get("/ops/operations?limit=2&status=queued")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let next = format!(
+        "href=\"/ops/operations?before={}&amp;status=queued&amp;limit=2\"",
+        made[1]
+    );
+    assert!(html.contains(&next), "{next} missing:\n{html}");
+    assert!(html.contains("setInterval"), "page one refreshes itself");
+    let older = ops
+        .get(&format!(
+            "/ops/operations?limit=2&status=queued&before={}",
+            made[1]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(older.contains(&made[2]) && !older.contains(&made[0]), "{older}");
+    assert!(!older.contains("setInterval"), "an older page holds still");
+
+    let by_key: Value = ops
+        .get("/ops/api/operations?key=page-3")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_key["operations"].as_array().unwrap().len(), 1);
+    assert_eq!(by_key["operations"][0]["idempotencyKey"], "page-3");
+    let r = ops
+        .get("/ops/api/operations?before=nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

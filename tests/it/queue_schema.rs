@@ -199,7 +199,8 @@ fn normalised(sql: &str) -> String {
 }
 
 /// Ours is apalis's latest `get_jobs` statement, word for word, with only
-/// the language changed (a PL/pgSQL body: BEGIN RETURN QUERY … END).
+/// the language changed (a PL/pgSQL body: BEGIN RETURN QUERY … END) and the
+/// paused-queue check added.
 #[tokio::test]
 async fn our_fetch_is_apalis_latest_fetch_statement_in_plpgsql() {
     let db = fresh_db().await;
@@ -216,7 +217,13 @@ async fn our_fetch_is_apalis_latest_fetch_statement_in_plpgsql() {
         .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
         .expect("apalis defines get_jobs");
     let theirs = normalised(latest.sql.as_str());
-    let ours_as_sql = normalised(GET_JOBS_SQL)
+    // Our one addition (the pause check) aside.
+    let pause_check =
+        "IF EXISTS (SELECT 1 FROM public.queue_pauses WHERE queue = v_job_type) THEN RETURN; END IF; ";
+    let ours = normalised(GET_JOBS_SQL);
+    assert!(ours.contains(pause_check), "{ours}");
+    let ours_as_sql = ours
+        .replace(pause_check, "")
         .replace("LANGUAGE plpgsql", "LANGUAGE sql")
         .replace("AS $$ BEGIN RETURN QUERY ", "AS $$ ")
         .replace("; END; $$;", "; $$;");

@@ -2,7 +2,9 @@
 //! dashboard, the operations view, `/metrics` — all behind the ops token.
 pub mod auth;
 pub mod board;
+pub mod log_feed;
 pub mod operations_view;
+pub mod queues;
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +25,8 @@ pub struct OpsState {
     pub idempotency_ttl: Duration,
     /// Signs the browser session cookie (`auth::Sessions::new` in production).
     pub session: auth::Sessions,
+    /// Ends the board's live log streams, which would hold a graceful shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -37,15 +41,30 @@ pub fn router(state: OpsState) -> Router {
         )
         .route(auth::LOGOUT, post(auth::logout).with_state(state.clone()))
         .merge(operations_view::router(state.clone()))
-        .merge(board::router(&state.pool))
+        .merge(queues::router(state.clone()))
+        .merge(board::router(&state.pool, state.shutdown.clone()))
         .layer(middleware::from_fn_with_state(state, auth::require_ops_token))
 }
 
 /// How often the gauges that need a query are refreshed (not per scrape).
 pub const GAUGE_REFRESH: Duration = Duration::from_secs(10);
 
-/// Refreshes `idemq_queue_jobs{queue,state}` and `idemq_operations{status}`.
+/// `idemq_queue_paused{queue}`: 1 while the queue is paused, else 0.
+pub const QUEUE_PAUSED: &str = "idemq_queue_paused";
+/// `idemq_queue_paused_seconds{queue}`: how long it has been paused (0 if not).
+pub const QUEUE_PAUSED_SECONDS: &str = "idemq_queue_paused_seconds";
+
+/// Refreshes `idemq_queue_jobs{queue,state}`, `idemq_operations{status}` and
+/// the pause gauges.
 pub fn spawn_gauges(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+    metrics::describe_gauge!(
+        QUEUE_PAUSED,
+        "1 while the queue is paused (idemq queue pause), else 0"
+    );
+    metrics::describe_gauge!(
+        QUEUE_PAUSED_SECONDS,
+        "How long the queue has been paused (0 if not)"
+    );
     tokio::spawn(async move {
         let mut every = tokio::time::interval(GAUGE_REFRESH);
         loop {
@@ -81,6 +100,15 @@ pub async fn refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
     for status in ["queued", "running", "succeeded", "failed"] {
         let n = ops.iter().find(|(s, _)| s == status).map_or(0, |o| o.1);
         metrics::gauge!(OPERATIONS, "status" => status).set(n as f64);
+    }
+    let paused: Vec<(String, f64)> =
+        sqlx::query_as("SELECT queue, extract(epoch FROM now() - paused_at)::float8 FROM queue_pauses")
+            .fetch_all(pool)
+            .await?;
+    for queue in idemq_core::queue::ALL {
+        let since = paused.iter().find(|p| p.0 == queue).map(|p| p.1.max(0.0));
+        metrics::gauge!(QUEUE_PAUSED, "queue" => queue).set(if since.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!(QUEUE_PAUSED_SECONDS, "queue" => queue).set(since.unwrap_or(0.0));
     }
     Ok(())
 }
