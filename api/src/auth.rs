@@ -70,8 +70,11 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             None => {
                 // A token we do not know yet costs a lookup: it is charged to
                 // the client IP first, so guessing tokens is limited.
-                if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
-                    return r;
+                if let Some(l) = limits {
+                    if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await
+                    {
+                        return r;
+                    }
                 }
                 match principal::authenticate(&state.pool, &hash).await {
                     Ok(Some(p)) => {
@@ -84,8 +87,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             }
         },
         None => {
-            if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
-                return r;
+            if let Some(l) = limits {
+                if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await {
+                    return r;
+                }
             }
             None
         }
@@ -93,8 +98,14 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
-    let ratelimit = match limits.map(|l| l.check(class, Subject::Principal(principal.id()), principal.name()))
-    {
+    let verdict = match limits {
+        Some(l) => Some(
+            l.check(class, Subject::Principal(principal.id()), principal.name())
+                .await,
+        ),
+        None => None,
+    };
+    let ratelimit = match verdict {
         // The `rate-limit` line names the principal itself: the refusal
         // skips re-recording the span's fields (a re-serialisation).
         Some(Verdict::Limited(r)) => return r,
@@ -110,7 +121,6 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     response
 }
 
-fn ip_check(limits: &Limits, state: &AppState, req: &Request, class: Class) -> Verdict {
-    let ip = client_ip(req, state.trust_proxy);
-    limits.check(class, Subject::Ip(ip), &ip.to_string())
+async fn ip_check(limits: &Limits, ip: std::net::IpAddr, class: Class) -> Verdict {
+    limits.check(class, Subject::Ip(ip), &ip.to_string()).await
 }

@@ -10,6 +10,7 @@ mod client_ts;
 mod dev_process;
 mod final_answers;
 mod fleet;
+mod fleet_limits;
 mod idempotency_contract;
 mod meter_readings;
 mod observability;
