@@ -1,8 +1,13 @@
 //! Bearer-token authentication. Lookups are cached briefly so that the
-//! common path (and later a 429) needs no database round trip.
+//! common path (and later a 429) needs no database round trip. A revocation
+//! reaches every process at once by NOTIFY (`idemq token revoke`); the
+//! cache's TTL bounds a lost notice.
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -12,7 +17,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use idemq_core::principal::{self, Principal, TokenHash};
+use idemq_core::principal::{self, Principal, TokenHash, REVOKED_CHANNEL};
+use sqlx::{postgres::PgListener, PgPool};
 
 use crate::{
     error::ApiError,
@@ -20,8 +26,8 @@ use crate::{
     AppState,
 };
 
-/// How long a token stays trusted after a lookup: a revoked token keeps
-/// working at most this long.
+/// How long a token stays trusted after a lookup: a revoked token whose
+/// notice was lost keeps working at most this long.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Cache size bound: beyond it the cache starts over.
 pub const TOKEN_CACHE_MAX: usize = 10_000;
@@ -29,6 +35,9 @@ pub const TOKEN_CACHE_MAX: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: RwLock<HashMap<TokenHash, (Principal, Instant)>>,
+    /// Bumped by every revocation notice: a lookup that started before one
+    /// must not cache what it read (it may be the token just revoked).
+    epoch: AtomicU64,
 }
 
 impl TokenCache {
@@ -38,13 +47,69 @@ impl TokenCache {
         (at.elapsed() < TOKEN_CACHE_TTL).then(|| p.clone())
     }
 
-    fn put(&self, hash: TokenHash, p: Principal) {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Caches a lookup that started at `epoch`, unless a revocation came since.
+    fn put(&self, hash: TokenHash, p: Principal, epoch: u64) {
         if let Ok(mut entries) = self.entries.write() {
+            // Checked under the lock that `forget` takes too.
+            if self.epoch() != epoch {
+                return;
+            }
             if entries.len() >= TOKEN_CACHE_MAX {
                 entries.clear();
             }
             entries.insert(hash, (p, Instant::now()));
         }
+    }
+
+    /// Drops one token (`Some`), or all of them.
+    fn forget(&self, hash: Option<&TokenHash>) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        match hash {
+            Some(h) => {
+                entries.remove(h);
+            }
+            None => entries.clear(),
+        }
+    }
+
+    /// Listens for revocations for as long as the cache lives. While the
+    /// listener is not connected, notices are lost: it forgets everything
+    /// each time it (re)connects.
+    pub fn spawn_revocation_listener(self: &Arc<Self>, pool: PgPool) {
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => match listener.listen(REVOKED_CHANNEL).await {
+                        Ok(()) => loop {
+                            let Some(c) = cache.upgrade() else { return };
+                            match listener.try_recv().await {
+                                // An unreadable payload: forget everything.
+                                Ok(Some(n)) => c.forget(TokenHash::from_hex(n.payload()).as_ref()),
+                                // Connection lost: sqlx reconnects (and LISTENs
+                                // again) on the next call; notices in between are lost.
+                                Ok(None) => c.forget(None),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "token revocation listener failed");
+                                    break;
+                                }
+                            }
+                        },
+                        Err(e) => tracing::warn!(error = %e, "cannot LISTEN for token revocations"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "cannot connect the token revocation listener"),
+                }
+                let Some(c) = cache.upgrade() else { return };
+                c.forget(None);
+                drop(c);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 }
 
@@ -76,9 +141,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
                         return r;
                     }
                 }
+                let epoch = state.tokens.epoch();
                 match principal::authenticate(&state.pool, &hash).await {
                     Ok(Some(p)) => {
-                        state.tokens.put(hash, p.clone());
+                        state.tokens.put(hash, p.clone(), epoch);
                         Some(p)
                     }
                     Ok(None) => None,

@@ -56,11 +56,13 @@ impl AppState {
                 (config.rate_limit_scope == RateLimitScope::Fleet).then(|| pool.clone()),
             )
         });
+        let tokens = Arc::<TokenCache>::default();
+        tokens.spawn_revocation_listener(pool.clone());
         AppState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),
             pool,
-            tokens: Arc::default(),
+            tokens,
             waiters,
             require_idempotency_key: config.require_idempotency_key,
             body_limit_bytes: config.body_limit_bytes,

@@ -12,9 +12,10 @@ use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
 
-struct Api {
+/// A real `idemq api` process (also used by tests/it/revocation.rs).
+pub struct Api {
     child: Child,
-    url: String,
+    pub url: String,
     log: PathBuf,
 }
 
@@ -26,12 +27,12 @@ impl Drop for Api {
 }
 
 impl Api {
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-fn spawn_api(db_url: &str, env: &[(&str, &str)]) -> Api {
+pub fn spawn_api(db_url: &str, env: &[(&str, &str)]) -> Api {
     let log = std::env::temp_dir().join(format!("idemq-fleet-{}.log", uuid::Uuid::new_v4().simple()));
     let mut cmd = Command::new(idemq_bin());
     cmd.arg("api")

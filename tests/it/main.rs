@@ -21,4 +21,5 @@ mod property;
 mod queue_schema;
 mod rate_limit;
 mod read_models;
+mod revocation;
 mod wakeups;
