@@ -77,36 +77,42 @@ impl TokenCache {
         }
     }
 
-    /// Listens for revocations for as long as the cache lives. While the
-    /// listener is not connected, notices are lost: it forgets everything
-    /// each time it (re)connects.
+    /// Listens for revocations for as long as the cache lives. Notices sent
+    /// while the listener is not connected are lost, so it forgets every
+    /// token each time it has (re)connected — not when the connection drops:
+    /// during an outage the cached tokens keep a 429 free of the database.
     pub fn spawn_revocation_listener(self: &Arc<Self>, pool: PgPool) {
         let cache = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => match listener.listen(REVOKED_CHANNEL).await {
-                        Ok(()) => loop {
+                        Ok(()) => {
                             let Some(c) = cache.upgrade() else { return };
-                            match listener.try_recv().await {
-                                // An unreadable payload: forget everything.
-                                Ok(Some(n)) => c.forget(TokenHash::from_hex(n.payload()).as_ref()),
-                                // Connection lost: sqlx reconnects (and LISTENs
-                                // again) on the next call; notices in between are lost.
-                                Ok(None) => c.forget(None),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "token revocation listener failed");
-                                    break;
+                            c.forget(None);
+                            drop(c);
+                            loop {
+                                let received = listener.try_recv().await;
+                                let Some(c) = cache.upgrade() else { return };
+                                match received {
+                                    // An unreadable payload: forget everything.
+                                    Ok(Some(n)) => c.forget(TokenHash::from_hex(n.payload()).as_ref()),
+                                    // Connection lost: reconnect (below) and forget then.
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "token revocation listener failed");
+                                        break;
+                                    }
                                 }
                             }
-                        },
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot LISTEN for token revocations"),
                     },
                     Err(e) => tracing::warn!(error = %e, "cannot connect the token revocation listener"),
                 }
-                let Some(c) = cache.upgrade() else { return };
-                c.forget(None);
-                drop(c);
+                if cache.strong_count() == 0 {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
