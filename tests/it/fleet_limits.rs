@@ -217,6 +217,25 @@ async fn the_read_class_holds_fleet_wide_within_five_percent() {
 }
 
 #[tokio::test]
+async fn a_client_well_within_its_read_budget_is_never_refused_across_three_processes() {
+    // 100/s, burst 200: slices of up to 10 requests, each living 100 ms. Were
+    // every process to lease full slices and let them expire, the three
+    // would take 300/s from the budget and drain the burst within a second.
+    let f = fleet(&[("IDEMQ_RATE_LIMIT_READ", "100/s;burst=200")]).await;
+    // Under a third of the budget, round-robin: each process sees a read
+    // every 105 ms, just after its last full slice would have expired.
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(35));
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        pace.tick().await;
+        let r = f.read(i % 3).await;
+        assert_eq!(r.status(), StatusCode::OK, "read {i}, {:?} in", started.elapsed());
+        i += 1;
+    }
+}
+
+#[tokio::test]
 async fn with_postgres_unreachable_each_process_falls_back_to_its_own_budget() {
     let f = fleet(&[("IDEMQ_RATE_LIMIT_SENSITIVE", "10/min")]).await;
     // The token is cached on every process (reads are another budget).

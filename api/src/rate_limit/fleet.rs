@@ -6,11 +6,14 @@
 //! asking again: a flood costs one round trip per refill interval, not one
 //! per request.
 //!
-//! Bounds: a slice is 1/20 of the burst (at least 1) and expires after the
-//! time it represents, so in any window the fleet admits at most one slice
-//! more than GCRA would; with the sensitive default (10/min) a slice is one
-//! request and the budget is exact. Unspent slices are lost, never lent, so
-//! the error is always on the side of refusing.
+//! Bounds: a slice is at most 1/20 of the burst (at least 1) and expires
+//! after the time it represents, so in any window the fleet admits at most
+//! one slice more than GCRA would; with the sensitive default (10/min) a
+//! slice is one request and the budget is exact. Unspent slices are lost,
+//! never lent back, so each process sizes its next slice by what it spent of
+//! the last one (doubling while it runs out, shrinking to what it used when
+//! one expires): a quiet process must not drain the fleet's budget with
+//! slices it lets expire.
 use std::{
     collections::HashMap,
     sync::{
@@ -66,6 +69,9 @@ pub enum Decision {
 struct Slot {
     /// Leased and not yet spent, valid until `held_until`.
     held: u32,
+    /// The size of the last lease, and of the next one to ask for.
+    leased: u32,
+    next_slice: u32,
     held_until: Option<Instant>,
     /// The fleet's budget was spent: 429 here until then.
     blocked_until: Option<Instant>,
@@ -116,7 +122,16 @@ impl Fleet {
                 full_in: full_in(&s, now),
             };
         }
+        // The last slice ran out (ask for more) or expired (ask for what was used).
+        let max_slice = (spec.burst / SLICE_DIVISOR).max(1);
+        s.next_slice = if s.held == 0 {
+            s.leased.saturating_mul(2)
+        } else {
+            s.leased - s.held
+        }
+        .clamp(1, max_slice);
         s.held = 0;
+        s.leased = 0;
         if let Some(until) = s.blocked_until.filter(|until| now < *until) {
             return Decision::Limited {
                 retry_in: until - now,
@@ -128,7 +143,7 @@ impl Fleet {
         let interval_us = i64::try_from(spec.interval().as_micros())
             .unwrap_or(i64::MAX)
             .max(1);
-        let slice = (spec.burst / SLICE_DIVISOR).max(1);
+        let slice = s.next_slice;
         let lease = sqlx::query_as::<_, (i32, i64)>(LEASE)
             .bind(principal)
             .bind(class.as_str())
@@ -151,6 +166,7 @@ impl Fleet {
         s.fleet_left = u32::try_from(i64::from(spec.burst) - used).unwrap_or(0);
         s.full_at = Some(after + ahead);
         if granted > 0 {
+            s.leased = granted as u32;
             s.held = granted as u32 - 1;
             s.held_until = Some(after + interval * granted as u32);
             s.blocked_until = None;
