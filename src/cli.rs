@@ -112,6 +112,14 @@ pub enum TokenCommand {
         #[arg(long)]
         name: String,
     },
+    /// List the tokens: id, principal, created, revoked (never a secret).
+    List,
+    /// Revoke the token with this id, or every live token of the principal
+    /// with this name. Every API process refuses it within about a second.
+    Revoke {
+        /// A token id (from `token list`) or a principal name.
+        which: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -206,6 +214,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     idemq_core::queue::ALL.join(", ")
                 ),
             }
+        }
+        Command::Token {
+            command: TokenCommand::List,
+        } => {
+            let pool = connect(&cli.db).await?;
+            let tokens = idemq_core::principal::list_tokens(&pool).await?;
+            print!("{}", token_table(&tokens));
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { which },
+        } => {
+            let pool = connect(&cli.db).await?;
+            let revoked = idemq_core::principal::revoke(&pool, &which).await?;
+            if revoked.is_empty() {
+                anyhow::bail!("no live token has the id or principal name {which:?}");
+            }
+            for id in revoked {
+                println!("revoked {id}");
+            }
+            Ok(())
         }
         Command::Token {
             command: TokenCommand::Create { name },
@@ -406,3 +435,25 @@ async fn wait_for_signal() {
 
 /// Used by `dev` to bound how long it waits for its parts to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// `idemq token list`: one token a line under a header.
+fn token_table(tokens: &[idemq_core::principal::TokenInfo]) -> String {
+    let width = tokens.iter().map(|t| t.principal.len()).max().unwrap_or(0).max(9);
+    let mut out = format!(
+        "{:<36}  {:<width$}  {:<20}  revoked\n",
+        "id", "principal", "created"
+    );
+    for t in tokens {
+        const AT: &str = "%Y-%m-%dT%H:%M:%SZ";
+        out.push_str(&format!(
+            "{:<36}  {:<width$}  {:<20}  {}\n",
+            t.id,
+            t.principal,
+            t.created_at.format(AT),
+            t.revoked_at
+                .map(|d| d.format(AT).to_string())
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    out
+}

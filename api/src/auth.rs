@@ -1,8 +1,13 @@
 //! Bearer-token authentication. Lookups are cached briefly so that the
-//! common path (and later a 429) needs no database round trip.
+//! common path (and later a 429) needs no database round trip. A revocation
+//! reaches every process at once by NOTIFY (`idemq token revoke`); the
+//! cache's TTL bounds a lost notice.
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -12,7 +17,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use idemq_core::principal::{self, Principal, TokenHash};
+use idemq_core::principal::{self, Principal, TokenHash, REVOKED_CHANNEL};
+use sqlx::{postgres::PgListener, PgPool};
 
 use crate::{
     error::ApiError,
@@ -20,8 +26,8 @@ use crate::{
     AppState,
 };
 
-/// How long a token stays trusted after a lookup: a revoked token keeps
-/// working at most this long.
+/// How long a token stays trusted after a lookup: a revoked token whose
+/// notice was lost keeps working at most this long.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Cache size bound: beyond it the cache starts over.
 pub const TOKEN_CACHE_MAX: usize = 10_000;
@@ -29,6 +35,9 @@ pub const TOKEN_CACHE_MAX: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: RwLock<HashMap<TokenHash, (Principal, Instant)>>,
+    /// Bumped by every revocation notice: a lookup that started before one
+    /// must not cache what it read (it may be the token just revoked).
+    epoch: AtomicU64,
 }
 
 impl TokenCache {
@@ -38,13 +47,75 @@ impl TokenCache {
         (at.elapsed() < TOKEN_CACHE_TTL).then(|| p.clone())
     }
 
-    fn put(&self, hash: TokenHash, p: Principal) {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Caches a lookup that started at `epoch`, unless a revocation came since.
+    fn put(&self, hash: TokenHash, p: Principal, epoch: u64) {
         if let Ok(mut entries) = self.entries.write() {
+            // Checked under the lock that `forget` takes too.
+            if self.epoch() != epoch {
+                return;
+            }
             if entries.len() >= TOKEN_CACHE_MAX {
                 entries.clear();
             }
             entries.insert(hash, (p, Instant::now()));
         }
+    }
+
+    /// Drops one token (`Some`), or all of them.
+    fn forget(&self, hash: Option<&TokenHash>) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        match hash {
+            Some(h) => {
+                entries.remove(h);
+            }
+            None => entries.clear(),
+        }
+    }
+
+    /// Listens for revocations for as long as the cache lives. Notices sent
+    /// while the listener is not connected are lost, so it forgets every
+    /// token each time it has (re)connected — not when the connection drops:
+    /// during an outage the cached tokens keep a 429 free of the database.
+    pub fn spawn_revocation_listener(self: &Arc<Self>, pool: PgPool) {
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => match listener.listen(REVOKED_CHANNEL).await {
+                        Ok(()) => {
+                            let Some(c) = cache.upgrade() else { return };
+                            c.forget(None);
+                            drop(c);
+                            loop {
+                                let received = listener.try_recv().await;
+                                let Some(c) = cache.upgrade() else { return };
+                                match received {
+                                    // An unreadable payload: forget everything.
+                                    Ok(Some(n)) => c.forget(TokenHash::from_hex(n.payload()).as_ref()),
+                                    // Connection lost: reconnect (below) and forget then.
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "token revocation listener failed");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot LISTEN for token revocations"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "cannot connect the token revocation listener"),
+                }
+                if cache.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 }
 
@@ -70,12 +141,16 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             None => {
                 // A token we do not know yet costs a lookup: it is charged to
                 // the client IP first, so guessing tokens is limited.
-                if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
-                    return r;
+                if let Some(l) = limits {
+                    if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await
+                    {
+                        return r;
+                    }
                 }
+                let epoch = state.tokens.epoch();
                 match principal::authenticate(&state.pool, &hash).await {
                     Ok(Some(p)) => {
-                        state.tokens.put(hash, p.clone());
+                        state.tokens.put(hash, p.clone(), epoch);
                         Some(p)
                     }
                     Ok(None) => None,
@@ -84,8 +159,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             }
         },
         None => {
-            if let Some(Verdict::Limited(r)) = limits.map(|l| ip_check(l, &state, &req, class)) {
-                return r;
+            if let Some(l) = limits {
+                if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await {
+                    return r;
+                }
             }
             None
         }
@@ -93,8 +170,14 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
-    let ratelimit = match limits.map(|l| l.check(class, Subject::Principal(principal.id()), principal.name()))
-    {
+    let verdict = match limits {
+        Some(l) => Some(
+            l.check(class, Subject::Principal(principal.id()), principal.name())
+                .await,
+        ),
+        None => None,
+    };
+    let ratelimit = match verdict {
         // The `rate-limit` line names the principal itself: the refusal
         // skips re-recording the span's fields (a re-serialisation).
         Some(Verdict::Limited(r)) => return r,
@@ -110,7 +193,6 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     response
 }
 
-fn ip_check(limits: &Limits, state: &AppState, req: &Request, class: Class) -> Verdict {
-    let ip = client_ip(req, state.trust_proxy);
-    limits.check(class, Subject::Ip(ip), &ip.to_string())
+async fn ip_check(limits: &Limits, ip: std::net::IpAddr, class: Class) -> Verdict {
+    limits.check(class, Subject::Ip(ip), &ip.to_string()).await
 }

@@ -16,7 +16,10 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware, Router,
 };
-use idemq_core::{config::ApiConfig, notifier::Notifier};
+use idemq_core::{
+    config::{ApiConfig, RateLimitScope},
+    notifier::Notifier,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,17 +49,24 @@ impl AppState {
     pub fn new(pool: PgPool, config: &ApiConfig) -> Self {
         let waiters = Waiters::default();
         waiters.spawn_listener(pool.clone());
+        let limits = config.rate_limit_enabled.then(|| {
+            rate_limit::Limits::new(
+                config.rate_limit_sensitive,
+                config.rate_limit_read,
+                (config.rate_limit_scope == RateLimitScope::Fleet).then(|| pool.clone()),
+            )
+        });
+        let tokens = Arc::<TokenCache>::default();
+        tokens.spawn_revocation_listener(pool.clone());
         AppState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),
             pool,
-            tokens: Arc::default(),
+            tokens,
             waiters,
             require_idempotency_key: config.require_idempotency_key,
             body_limit_bytes: config.body_limit_bytes,
-            limits: config
-                .rate_limit_enabled
-                .then(|| rate_limit::Limits::new(config.rate_limit_sensitive, config.rate_limit_read)),
+            limits,
             trust_proxy: config.trust_proxy,
         }
     }

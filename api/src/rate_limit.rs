@@ -1,6 +1,11 @@
-//! Rate limiting (governor, GCRA) before any database work: per principal
-//! once authenticated, per client IP before (against token guessing). Two
-//! route classes, each one budget per principal shared by all its routes.
+//! Rate limiting (GCRA) before any database work: per principal once
+//! authenticated, per client IP before (against token guessing). Two route
+//! classes, each one budget per principal shared by all its routes. Under
+//! `IDEMQ_RATE_LIMIT_SCOPE=fleet` a principal's budget is leased from
+//! Postgres (`fleet`); client IPs are always counted per process (an
+//! unauthenticated request must not make the API write to Postgres).
+pub mod fleet;
+
 use std::{
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
@@ -82,6 +87,10 @@ pub struct Limits {
     sensitive: ClassLimiter,
     read: ClassLimiter,
     clock: DefaultClock,
+    /// Fleet scope: principals' budgets leased from Postgres. The
+    /// per-process limiters still count what the fleet admits, so that a
+    /// fallback (Postgres unreachable) starts from this process's history.
+    fleet: Option<fleet::Fleet>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -101,7 +110,8 @@ fn quota(spec: &RateSpec) -> Quota {
 }
 
 impl Limits {
-    pub fn new(sensitive: RateSpec, read: RateSpec) -> Arc<Self> {
+    /// With a pool, principals' budgets hold for the fleet.
+    pub fn new(sensitive: RateSpec, read: RateSpec, fleet_pool: Option<sqlx::PgPool>) -> Arc<Self> {
         let limits = Arc::new(Limits {
             sensitive: ClassLimiter {
                 spec: sensitive,
@@ -114,6 +124,7 @@ impl Limits {
                 policy: policy(Class::Read, &read),
             },
             clock: DefaultClock::default(),
+            fleet: fleet_pool.map(fleet::Fleet::new),
         });
         for class in [Class::Sensitive, Class::Read] {
             metrics::counter!("idemq_rate_limited_total", "class" => class.as_str()).absolute(0);
@@ -129,6 +140,9 @@ impl Limits {
                     c.limiter.retain_recent();
                     c.limiter.shrink_to_fit();
                 }
+                if let Some(fleet) = &limits.fleet {
+                    fleet.shrink();
+                }
             }
         });
         limits
@@ -142,7 +156,30 @@ impl Limits {
     }
 
     /// Takes one request from `subject`'s budget of `class`.
-    pub fn check(&self, class: Class, subject: Subject, who: &str) -> Verdict {
+    pub async fn check(&self, class: Class, subject: Subject, who: &str) -> Verdict {
+        if let (Some(fleet), Subject::Principal(id)) = (&self.fleet, subject) {
+            let c = self.class(class);
+            match fleet.take(class, &c.spec, id).await {
+                fleet::Decision::Allowed { remaining, full_in } => {
+                    // Counted here too (see `fleet`); what it says is moot.
+                    let _ = c.limiter.check_key(&subject);
+                    return Verdict::Allowed(field(&format!(
+                        "\"{}\";r={remaining};t={}",
+                        class.as_str(),
+                        ceil_secs(full_in)
+                    )));
+                }
+                fleet::Decision::Limited { retry_in } => {
+                    return Verdict::Limited(self.limited(class, ceil_secs(retry_in).max(1), who))
+                }
+                fleet::Decision::Unavailable => {}
+            }
+        }
+        self.check_local(class, subject, who)
+    }
+
+    /// This process's own count (`process` scope, client IPs, fallback).
+    fn check_local(&self, class: Class, subject: Subject, who: &str) -> Verdict {
         let c = self.class(class);
         let name = class.as_str();
         match c.limiter.check_key(&subject) {
@@ -157,33 +194,37 @@ impl Limits {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
-                let retry_after = ceil_secs(wait).max(1);
-                metrics::counter!("idemq_rate_limited_total", "class" => name).increment(1);
-                tracing::warn!(
-                    class = name,
-                    subject = who,
-                    retry_after,
-                    "rate-limit: request rejected"
-                );
-                // The problem document written directly (fixed words and
-                // numbers only): this is the path a flood takes.
-                let body = format!(
-                    "{{\"type\":\"{TYPE_BASE}rate-limited\",\"title\":\"Too many requests\",\"status\":429,\
-                     \"detail\":\"The {name} budget is used up; retry in {retry_after} s.\"}}"
-                );
-                let mut response = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-                    body,
-                )
-                    .into_response();
-                let h = response.headers_mut();
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                h.insert(RATELIMIT_POLICY, c.policy.clone());
-                h.insert(RATELIMIT, field(&format!("\"{name}\";r=0;t={retry_after}")));
-                Verdict::Limited(response)
+                Verdict::Limited(self.limited(class, ceil_secs(wait).max(1), who))
             }
         }
+    }
+
+    fn limited(&self, class: Class, retry_after: u64, who: &str) -> Response {
+        let name = class.as_str();
+        metrics::counter!("idemq_rate_limited_total", "class" => name).increment(1);
+        tracing::warn!(
+            class = name,
+            subject = who,
+            retry_after,
+            "rate-limit: request rejected"
+        );
+        // The problem document written directly (fixed words and numbers
+        // only): this is the path a flood takes.
+        let body = format!(
+            "{{\"type\":\"{TYPE_BASE}rate-limited\",\"title\":\"Too many requests\",\"status\":429,\
+             \"detail\":\"The {name} budget is used up; retry in {retry_after} s.\"}}"
+        );
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+            body,
+        )
+            .into_response();
+        let h = response.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        h.insert(RATELIMIT_POLICY, self.class(class).policy.clone());
+        h.insert(RATELIMIT, field(&format!("\"{name}\";r=0;t={retry_after}")));
+        response
     }
 
     /// `"sensitive";q=10;w=60` (draft-ietf-httpapi-ratelimit-headers-11).
@@ -243,10 +284,11 @@ mod tests {
         let limits = Limits::new(
             RateSpec::parse("10/min").unwrap(),
             RateSpec::parse("1200/min").unwrap(),
+            None,
         );
         let who = Subject::Principal(Uuid::nil());
         for i in 0..10 {
-            match limits.check(Class::Sensitive, who, "t") {
+            match limits.check(Class::Sensitive, who, "t").await {
                 Verdict::Allowed(h) => {
                     assert!(h
                         .to_str()
@@ -256,7 +298,7 @@ mod tests {
                 Verdict::Limited(_) => panic!("request {i} limited"),
             }
         }
-        let Verdict::Limited(r) = limits.check(Class::Sensitive, who, "t") else {
+        let Verdict::Limited(r) = limits.check(Class::Sensitive, who, "t").await else {
             panic!("11th allowed")
         };
         assert_eq!(r.status(), 429);
@@ -276,10 +318,15 @@ mod tests {
         assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
         // Other subjects and the other class are untouched.
         assert!(matches!(
-            limits.check(Class::Sensitive, Subject::Principal(Uuid::max()), "u"),
+            limits
+                .check(Class::Sensitive, Subject::Principal(Uuid::max()), "u")
+                .await,
             Verdict::Allowed(_)
         ));
-        assert!(matches!(limits.check(Class::Read, who, "t"), Verdict::Allowed(_)));
+        assert!(matches!(
+            limits.check(Class::Read, who, "t").await,
+            Verdict::Allowed(_)
+        ));
     }
 
     #[test]

@@ -29,6 +29,15 @@ pub const DEFAULT_RATE_LIMIT_SENSITIVE: &str = "10/min";
 /// Generous enough that a client polling every 100 ms is never limited.
 pub const DEFAULT_RATE_LIMIT_READ: &str = "1200/min";
 
+/// Where a principal's budget is counted (`IDEMQ_RATE_LIMIT_SCOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitScope {
+    /// Across every API process on the database.
+    Fleet,
+    /// In each process on its own (N processes admit N budgets).
+    Process,
+}
+
 /// A rate limit: `count` requests per `per`, bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateSpec {
@@ -140,6 +149,16 @@ pub struct ApiConfig {
     /// Budget of mutating requests per principal: `N/s`, `N/min` or `N/h`, `;burst=B` optional.
     #[arg(long, env = "IDEMQ_RATE_LIMIT_SENSITIVE", value_name = "IDEMQ_RATE_LIMIT_SENSITIVE", default_value = DEFAULT_RATE_LIMIT_SENSITIVE, value_parser = RateSpec::parse)]
     pub rate_limit_sensitive: RateSpec,
+    /// `fleet`: a principal's budget holds across every API process (leased
+    /// from Postgres); `process`: each process counts on its own.
+    #[arg(
+        long,
+        env = "IDEMQ_RATE_LIMIT_SCOPE",
+        value_name = "IDEMQ_RATE_LIMIT_SCOPE",
+        default_value = "fleet",
+        value_enum
+    )]
+    pub rate_limit_scope: RateLimitScope,
     /// Budget of reads and polling per principal.
     #[arg(long, env = "IDEMQ_RATE_LIMIT_READ", value_name = "IDEMQ_RATE_LIMIT_READ", default_value = DEFAULT_RATE_LIMIT_READ, value_parser = RateSpec::parse)]
     pub rate_limit_read: RateSpec,

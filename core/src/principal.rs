@@ -32,6 +32,63 @@ impl TokenHash {
     pub fn of(token: &str) -> Self {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
+
+    /// The payload of a revocation notice (see [`REVOKED_CHANNEL`]).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(TokenHash(out))
+    }
+}
+
+/// `pg_notify` channel of revocations: the payload is the hex SHA-256 of a
+/// revoked token, so that every API process drops it from its cache at once.
+pub const REVOKED_CHANNEL: &str = "idemq_token_revoked";
+
+/// A token as `idemq token list` shows it: never its secret or hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub principal: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every token, oldest first.
+pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT t.id, p.name AS principal, t.created_at, t.revoked_at
+         FROM api_tokens t JOIN principals p ON p.id = t.principal_id
+         ORDER BY t.created_at, t.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Revokes the token whose id is `which`, or every live token of the
+/// principal named `which`, and announces each revocation on
+/// [`REVOKED_CHANNEL`] (delivered at commit). Returns the revoked ids.
+pub async fn revoke(pool: &PgPool, which: &str) -> Result<Vec<Uuid>, Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "UPDATE api_tokens t SET revoked_at = now()
+         WHERE t.revoked_at IS NULL
+           AND (t.id = $1 OR t.principal_id IN (SELECT id FROM principals WHERE name = $2))
+         RETURNING t.id, t.token_sha256",
+    )
+    .bind(which.parse::<Uuid>().ok())
+    .bind(which)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (_, hash) in &rows {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REVOKED_CHANNEL)
+            .bind(hex::encode(hash))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|(id, _)| id).collect())
 }
 
 /// The principal owning an unrevoked token, if any.

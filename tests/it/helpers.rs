@@ -164,6 +164,7 @@ pub fn test_api_config() -> ApiConfig {
         rate_limit_enabled: false,
         rate_limit_sensitive: idemq_core::config::RateSpec::parse("10/min").unwrap(),
         rate_limit_read: idemq_core::config::RateSpec::parse("1200/min").unwrap(),
+        rate_limit_scope: idemq_core::config::RateLimitScope::Fleet,
         trust_proxy: false,
     }
 }
