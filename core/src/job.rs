@@ -39,14 +39,27 @@ pub struct Attempt {
 
 /// Marks the operation `running` and counts the attempt, committed on its own
 /// so that a worker killed mid-job still leaves the count behind (the bound
-/// holds across crashes). `None`: finished already, or gone.
-pub async fn start_attempt(pool: &PgPool, op: OperationId) -> Result<Option<Attempt>, Error> {
+/// holds across crashes). The same statement opens the attempt's row in
+/// `operation_attempts` (by `worker`) and closes an earlier one still open as
+/// `abandoned` (its worker died mid-attempt): no extra round trip. `None`:
+/// finished already, or gone.
+pub async fn start_attempt(pool: &PgPool, op: OperationId, worker: &str) -> Result<Option<Attempt>, Error> {
     let row: Option<(i32, String)> = sqlx::query_as(
-        "UPDATE operations SET status = 'running', attempts = attempts + 1, updated_at = now()
-         WHERE id = $1 AND status IN ('queued', 'running')
-         RETURNING attempts, kind",
+        "WITH op AS (
+            UPDATE operations SET status = 'running', attempts = attempts + 1, updated_at = now()
+            WHERE id = $1 AND status IN ('queued', 'running')
+            RETURNING id, attempts, kind
+         ), abandoned AS (
+            UPDATE operation_attempts SET ended_at = now(), outcome = 'abandoned'
+            WHERE operation_id = $1 AND ended_at IS NULL AND EXISTS (SELECT 1 FROM op)
+         ), opened AS (
+            INSERT INTO operation_attempts (operation_id, attempt, worker)
+            SELECT id, attempts, $2 FROM op
+         )
+         SELECT attempts, kind FROM op",
     )
     .bind(op.uuid())
+    .bind(worker)
     .fetch_optional(pool)
     .await?;
     row.map(|(number, kind)| {
@@ -57,6 +70,27 @@ pub async fn start_attempt(pool: &PgPool, op: OperationId) -> Result<Option<Atte
         })
     })
     .transpose()
+}
+
+/// Closes a failed attempt's row with its error, after its transaction rolled
+/// back (so on the failure path only). If this write fails too, the next
+/// attempt's start closes the row as `abandoned`.
+pub async fn record_attempt_error(
+    pool: &PgPool,
+    op: OperationId,
+    attempt: i32,
+    error: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE operation_attempts SET ended_at = now(), outcome = 'error', error = $3
+         WHERE operation_id = $1 AND attempt = $2 AND ended_at IS NULL",
+    )
+    .bind(op.uuid())
+    .bind(attempt)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// One attempt: one transaction that locks the operation row (step 1), runs
@@ -103,7 +137,7 @@ pub async fn run_attempt(
         principal,
     };
     let outcome = execute(&mut tx, actor, kind, &request).await?;
-    let finished = finish(&mut tx, op, &outcome, ttl).await?;
+    let finished = finish(&mut tx, op, &outcome, ttl, None).await?;
     tx.commit().await?;
     if let Some(audit) = &outcome.audit {
         audit.log();
@@ -140,7 +174,7 @@ pub async fn finish_exhausted(
              retry with a new Idempotency-Key."
         )),
     );
-    finish(&mut tx, op, &outcome, ttl)
+    finish(&mut tx, op, &outcome, ttl, Some("exhausted"))
         .await?
         .announce_at_commit(&mut tx)
         .await?;
@@ -213,6 +247,7 @@ pub(crate) async fn finish(
     op: OperationId,
     outcome: &Outcome,
     ttl: Duration,
+    attempt_outcome: Option<&str>,
 ) -> Result<Finished, Error> {
     let status = if outcome.succeeded {
         OperationStatus::Succeeded
@@ -221,12 +256,18 @@ pub(crate) async fn finish(
     };
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
     let audit = outcome.audit.as_ref();
-    // The audit entry (step 3) rides with the response (step 4): one
-    // statement, the same transaction.
+    // The attempt's outcome: `succeeded`/`refused` for the job's own finish,
+    // else the caller's word (`exhausted`, `cancelled`).
+    let attempt_outcome = attempt_outcome.unwrap_or(if outcome.succeeded { "succeeded" } else { "refused" });
+    // The audit entry (step 3) and the attempt's end ride with the response
+    // (step 4): one statement, the same transaction.
     let waited_for: Option<bool> = sqlx::query_scalar(
         "WITH audit AS (
             INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
             SELECT $1, $7, $8, $9, $10, $11 WHERE $8::text IS NOT NULL
+         ), attempt AS (
+            UPDATE operation_attempts SET ended_at = now(), outcome = $12
+            WHERE operation_id = $1 AND ended_at IS NULL
          )
          UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
                 response_body = $5, finished_at = now(),
@@ -244,6 +285,7 @@ pub(crate) async fn finish(
     .bind(audit.map(|a| a.entity_type))
     .bind(audit.map(|a| a.entity_id.as_str()))
     .bind(audit.map(|a| &a.details))
+    .bind(attempt_outcome)
     .fetch_optional(conn)
     .await?;
     Ok(Finished {

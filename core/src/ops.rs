@@ -129,12 +129,14 @@ pub fn retryable(row: &OperationRow) -> bool {
 }
 
 /// What the operation page shows besides the row: the request the job
-/// runs, the stored response's content type, and the audit entries.
+/// runs, the stored response's content type, every attempt (start, end,
+/// worker, outcome, error; oldest first) and the audit entries.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Story {
     pub request: Value,
     pub response_content_type: Option<String>,
+    pub attempts: Vec<Value>,
     pub audit: Vec<Value>,
 }
 
@@ -145,6 +147,14 @@ pub async fn story(pool: &PgPool, id: OperationId) -> Result<Story, Error> {
             .fetch_optional(pool)
             .await?
             .unwrap_or_default();
+    let attempts: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('attempt', attempt, 'worker', worker, 'startedAt', started_at,
+                'endedAt', ended_at, 'outcome', outcome, 'error', error)
+         FROM operation_attempts WHERE operation_id = $1 ORDER BY id",
+    )
+    .bind(id.uuid())
+    .fetch_all(pool)
+    .await?;
     let audit: Vec<Value> = sqlx::query_scalar(
         "SELECT jsonb_build_object('at', at, 'action', action, 'entity', entity_type || ' ' || entity_id,
                 'details', details)
@@ -156,6 +166,7 @@ pub async fn story(pool: &PgPool, id: OperationId) -> Result<Story, Error> {
     Ok(Story {
         request: request.unwrap_or(Value::Null),
         response_content_type,
+        attempts,
         audit,
     })
 }
@@ -305,7 +316,7 @@ pub async fn cancel(
         Problem::new("operation-cancelled", "The operation was cancelled", 409)
             .detail("An operator cancelled this operation before it ran. Nothing was changed."),
     );
-    crate::job::finish(&mut tx, id, &outcome, ttl)
+    crate::job::finish(&mut tx, id, &outcome, ttl, Some("cancelled"))
         .await?
         .announce_at_commit(&mut tx)
         .await?;

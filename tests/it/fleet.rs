@@ -16,7 +16,6 @@ use std::{
 };
 
 use idemq::pg_cluster::{ClusterOptions, PgCluster};
-use idemq_core::operation::OperationId;
 use idemq_worker::reconciler::{self, ReconcilerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -168,10 +167,6 @@ impl Drop for WorkerProc {
     }
 }
 
-fn op_uuid(id: &str) -> uuid::Uuid {
-    id.parse::<OperationId>().expect("an operation id").uuid()
-}
-
 async fn submit(app: &TestApp, invoice: &str, key: &str) -> String {
     let r = app.mark_paid(invoice, key).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -307,6 +302,18 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_within_the_lease()
     assert!(survivor.is_running());
     assert_eq!(op_state(&app.db.pool, &op).await, ("succeeded".into(), 2));
     assert_paid_once(&app.db.pool, "inv-held", &op).await;
+    // The dead worker's attempt is closed as abandoned by the next start,
+    // which the survivor ran to the end.
+    let attempts: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT worker, outcome FROM operation_attempts WHERE operation_id = $1 ORDER BY id")
+            .bind(op_uuid(&op))
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].1.as_deref(), Some("abandoned"), "{attempts:?}");
+    assert_eq!(attempts[1].1.as_deref(), Some("succeeded"), "{attempts:?}");
+    assert_ne!(attempts[0].0, attempts[1].0, "two workers: {attempts:?}");
     let replay = app.mark_paid("inv-held", "k-held").await;
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));

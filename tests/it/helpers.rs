@@ -465,3 +465,10 @@ impl TestApp {
         self.workers.push((stop, handle));
     }
 }
+
+/// The database id of an operation id (`op_…`).
+pub fn op_uuid(id: &str) -> uuid::Uuid {
+    id.parse::<idemq_core::operation::OperationId>()
+        .expect("an operation id")
+        .uuid()
+}

@@ -375,6 +375,36 @@ async fn retry_of_an_exhausted_operation_runs_it_again_under_the_same_key() {
     ] {
         assert!(page.contains(expected), "{expected} missing:\n{page}");
     }
+    // Every attempt is on record with its worker and its error, written by
+    // the job path when it happened: all failed, the last one exhausted.
+    type AttemptRow = (i32, Option<String>, Option<String>, Option<String>, bool);
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT attempt, worker, outcome, error, ended_at IS NOT NULL FROM operation_attempts
+         WHERE operation_id = $1 ORDER BY id",
+    )
+    .bind(op_uuid(&id))
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    for (i, (n, worker, outcome, error, ended)) in attempts.iter().enumerate() {
+        assert_eq!(*n, i as i32 + 1, "{attempts:?}");
+        assert!(worker.as_deref().is_some_and(|w| !w.is_empty()), "{attempts:?}");
+        assert!(ended, "{attempts:?}");
+        if i + 1 < attempts.len() || outcome.as_deref() == Some("error") {
+            assert_eq!(outcome.as_deref(), Some("error"), "{attempts:?}");
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("card processor down")),
+                "{attempts:?}"
+            );
+        } else {
+            assert_eq!(outcome.as_deref(), Some("exhausted"), "{attempts:?}");
+        }
+    }
+    assert!(page.contains("id=\"attempts\""), "{page}");
+    assert!(page.contains("card processor down"), "{page}");
     let listed = ops
         .get("/ops/operations?status=failed")
         .send()

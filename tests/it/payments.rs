@@ -64,6 +64,16 @@ async fn worker_pays_the_invoice_once_with_one_audit_entry_and_polling_shows_the
             .await,
         1
     );
+    // One attempt on record, closed by the job transaction's own finish.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM operation_attempts
+             WHERE attempt = 1 AND outcome = 'succeeded' AND ended_at IS NOT NULL AND worker <> ''"
+        )
+        .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM operation_attempts").await, 1);
 }
 
 #[tokio::test]

@@ -41,6 +41,8 @@ pub struct JobRunner {
     timeout: Duration,
     faults: Faults,
     stopping: CancellationToken,
+    /// This process's instance name, written on each attempt's row.
+    worker: String,
 }
 
 /// Why a job goes back to apalis unfinished (apalis then marks it `Failed`
@@ -84,7 +86,14 @@ impl JobRunner {
             timeout: settings.config.job_timeout,
             faults: Faults::default(),
             stopping: CancellationToken::new(),
+            worker: crate::instance_name(),
         }
+    }
+
+    /// Names the attempts' rows after this process's queue loops.
+    pub fn named(mut self, worker: String) -> Self {
+        self.worker = worker;
+        self
     }
 
     /// Arms the test-only faults (see `faults`).
@@ -112,7 +121,7 @@ impl JobRunner {
         let started = std::time::Instant::now();
         let mut unreachable = 0u32;
         loop {
-            let attempt = match job::start_attempt(&self.pool, op).await {
+            let attempt = match job::start_attempt(&self.pool, op, &self.worker).await {
                 Ok(Some(a)) => a,
                 Ok(None) => {
                     tracing::info!("operation already finished or gone: redelivery, nothing to do");
@@ -153,10 +162,12 @@ impl JobRunner {
                 }
                 Err(AttemptError::Permanent(reason)) => {
                     tracing::error!(reason, "job cannot succeed; finishing it failed");
+                    self.record_error(op, attempt.number, &reason).await;
                     record_job(kind, "exhausted", started);
                     return self.give_up(op, attempt.number).await;
                 }
                 Err(AttemptError::Retry(reason)) => {
+                    self.record_error(op, attempt.number, &reason).await;
                     if number >= self.max_attempts {
                         tracing::error!(reason, attempt = number, "last attempt failed");
                         record_job(kind, "exhausted", started);
@@ -206,6 +217,14 @@ impl JobRunner {
                 abort.abort();
                 Err(AttemptError::Retry(format!("timed out after {:?}", self.timeout)))
             }
+        }
+    }
+
+    /// The failed attempt's error on its row (the ops console shows it). A
+    /// failure here changes nothing else: the next start closes the row.
+    async fn record_error(&self, op: OperationId, attempt: i32, reason: &str) {
+        if let Err(e) = job::record_attempt_error(&self.pool, op, attempt, reason).await {
+            tracing::warn!(error = %e, "could not record the attempt's error");
         }
     }
 

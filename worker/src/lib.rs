@@ -70,6 +70,7 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     let faults = faults::Faults::from_env()?;
     let runner = Arc::new(
         JobRunner::new(pool.clone(), &settings)
+            .named(instance.clone())
             .with_faults(faults)
             .stopping_on(shutdown.clone()),
     );

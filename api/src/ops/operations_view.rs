@@ -348,6 +348,20 @@ async fn operation_page(State(s): State<OpsState>, Path(id): Path<String>) -> Re
     html.push_str(&format!(
         "<h2>Stored response</h2><pre id=\"response\">{response}</pre>"
     ));
+    html.push_str("<h2>Attempts</h2><div class=\"scroll\"><table id=\"attempts\"><tr><th>#</th><th>worker</th><th>started</th><th>ended</th><th>outcome</th><th>error</th></tr>");
+    for a in &story.attempts {
+        let text = |k: &str| esc(a.get(k).and_then(|v| v.as_str()).unwrap_or_default());
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            a.get("attempt").map(|n| n.to_string()).unwrap_or_default(),
+            text("worker"),
+            text("startedAt"),
+            text("endedAt"),
+            text("outcome"),
+            text("error")
+        ));
+    }
+    html.push_str("</table></div>");
     html.push_str("<h2>Audit</h2><div class=\"scroll\"><table id=\"audit\"><tr><th>at</th><th>action</th><th>entity</th><th>details</th></tr>");
     for entry in &story.audit {
         let text = |k: &str| esc(entry.get(k).and_then(|v| v.as_str()).unwrap_or_default());
