@@ -1030,8 +1030,15 @@ async fn in_a_browser_an_exhausted_operation_is_retried_and_a_refused_one_is_not
     assert!(!page.contains("\nretry"), "{page}");
 
     b.open(&format!("{}/ops/operations/{id}", ops.addr)).await;
-    b.wait_for_text(&["operation-failed", "Gave up after 2 attempts", "retry"])
-        .await;
+    // Its attempts and their errors, as the job path recorded them.
+    b.wait_for_text(&[
+        "operation-failed",
+        "Gave up after 2 attempts",
+        "retry",
+        "Attempts",
+        "card processor down",
+    ])
+    .await;
     b.screenshot("operation-exhausted").await;
     heal_payments(&app).await;
     b.click("#retry").await;
