@@ -388,3 +388,58 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A paused queue shows in `/metrics` (`idemq_queue_paused`, the alert's
+/// input) once the gauges refresh, and goes back to 0 on resume.
+#[tokio::test]
+async fn a_paused_queue_is_counted_in_metrics_until_resumed() {
+    let db = fresh_db().await;
+    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
+    let api = spawn_api(&db.url, &log);
+    let client = reqwest::Client::new();
+    let paused = |want: f64| {
+        let (client, ops) = (client.clone(), api.ops.clone());
+        async move {
+            // The gauges refresh every 10 s.
+            let deadline = std::time::Instant::now() + Duration::from_secs(25);
+            loop {
+                let text = client
+                    .get(format!("{ops}/metrics"))
+                    .bearer_auth(OPS_TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let value = sample(&text, "idemq_queue_paused{queue=\"payments\"}");
+                if value == Some(want) {
+                    return text;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "idemq_queue_paused{{queue=\"payments\"}} is {value:?}, not {want}:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    paused(0.0).await;
+    let cli = |verb: &str| {
+        let out = Command::new(idemq_bin())
+            .args(["queue", verb, "payments"])
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "idemq queue {verb}: {out:?}");
+    };
+    cli("pause");
+    let text = paused(1.0).await;
+    assert_eq!(
+        sample(&text, "idemq_queue_paused{queue=\"approvals\"}"),
+        Some(0.0),
+        "only the paused queue counts:\n{text}"
+    );
+    cli("resume");
+    paused(0.0).await;
+}
