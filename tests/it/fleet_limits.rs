@@ -1,78 +1,26 @@
 //! Fleet-wide rate limits (issue 16): three real `idemq api` processes on one
 //! database hold one principal's budget together.
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
 
-/// A real `idemq api` process (also used by tests/it/revocation.rs).
-pub struct Api {
-    child: Child,
-    pub url: String,
-    log: PathBuf,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Api {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-pub fn spawn_api(db_url: &str, env: &[(&str, &str)]) -> Api {
-    let log = std::env::temp_dir().join(format!("idemq-fleet-{}.log", uuid::Uuid::new_v4().simple()));
-    let mut cmd = Command::new(idemq_bin());
-    cmd.arg("api")
-        .env("DATABASE_URL", db_url)
-        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_TOKEN", "ops-fleet")
-        .env("IDEMQ_RATE_LIMIT_ENABLED", "true")
-        .env("IDEMQ_DB_MAX_CONNECTIONS", "5")
-        .env("RUST_LOG", "info")
-        .env_remove("IDEMQ_RATE_LIMIT_SCOPE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let url = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("idemq api printed its address");
-        if let Some(u) = line.strip_prefix("api listening on ") {
-            break u.to_owned();
-        }
-    };
-    Api { child, url, log }
+/// An `idemq api` process of the fleet under test (also used by
+/// tests/it/revocation.rs): rate limits on, a small pool, `env` on top.
+pub fn spawn_api(db_url: &str, env: &[(&str, &str)]) -> ApiProcess {
+    let mut all = vec![
+        ("IDEMQ_RATE_LIMIT_ENABLED", "true"),
+        ("IDEMQ_DB_MAX_CONNECTIONS", "5"),
+    ];
+    all.extend_from_slice(env);
+    spawn_api_process(db_url, &all)
 }
 
 struct Fleet {
     db: TestDb,
     token: String,
-    apis: Vec<Api>,
+    apis: Vec<ApiProcess>,
     client: reqwest::Client,
 }
 

@@ -333,6 +333,88 @@ pub fn idemq_bin() -> &'static str {
     env!("CARGO_BIN_EXE_idemq")
 }
 
+/// A real `idemq api` process: public and ops listeners on free ports, its
+/// log (stderr) in a file of its own; killed when dropped.
+pub struct ApiProcess {
+    child: std::process::Child,
+    pub url: String,
+    pub ops: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl ApiProcess {
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+}
+
+/// The ops token of an [`ApiProcess`] unless `env` sets `IDEMQ_OPS_TOKEN`.
+pub const API_PROCESS_OPS_TOKEN: &str = "ops-process";
+
+/// Starts `idemq api` on `db_url` with `env` on top of the defaults, and
+/// returns once it has printed both its addresses.
+pub fn spawn_api_process(db_url: &str, env: &[(&str, &str)]) -> ApiProcess {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut cmd = Command::new(idemq_bin());
+    cmd.arg("api")
+        .env("DATABASE_URL", db_url)
+        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
+        .env("IDEMQ_OPS_TOKEN", API_PROCESS_OPS_TOKEN)
+        .env("RUST_LOG", "info")
+        .env_remove("IDEMQ_RATE_LIMIT_SCOPE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn idemq api");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut ops) = (None, None);
+    while url.is_none() || ops.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("idemq api printed its addresses");
+        if let Some(u) = line.strip_prefix("api listening on ") {
+            url = Some(u.to_owned());
+        }
+        if let Some(u) = line.strip_prefix("ops listening on ") {
+            ops = Some(u.to_owned());
+        }
+    }
+    ApiProcess {
+        child,
+        url: url.unwrap(),
+        ops: ops.unwrap(),
+        log,
+    }
+}
+
 // --- Helpers for the idempotency-contract tests (issue 3) ---
 
 /// The full problem `type` URI for a slug.

@@ -1,9 +1,7 @@
 //! Metrics, logs and alert rules as an operator sees them (issue 7): the real
 //! `idemq api` process, scraped and its log read.
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -14,59 +12,18 @@ use crate::helpers::*;
 
 const OPS_TOKEN: &str = "ops-observability";
 
-struct Api {
-    child: Child,
-    url: String,
-    ops: String,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_api(db_url: &str, log: &std::path::Path) -> Api {
-    let mut child = Command::new(idemq_bin())
-        .arg("api")
-        .env("DATABASE_URL", db_url)
-        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
-        .env("IDEMQ_RATE_LIMIT_ENABLED", "true")
-        // Four mutating requests pass, the fifth is limited.
-        .env("IDEMQ_RATE_LIMIT_SENSITIVE", "4/h")
-        .env("IDEMQ_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut url, mut ops) = (None, None);
-    while url.is_none() || ops.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("idemq api printed its addresses");
-        if let Some(u) = line.strip_prefix("api listening on ") {
-            url = Some(u.to_owned());
-        }
-        if let Some(u) = line.strip_prefix("ops listening on ") {
-            ops = Some(u.to_owned());
-        }
-    }
-    Api {
-        child,
-        url: url.unwrap(),
-        ops: ops.unwrap(),
-    }
+/// `idemq api` as an operator runs it: JSON logs; four mutating requests
+/// pass, the fifth is limited.
+fn spawn_api(db_url: &str) -> ApiProcess {
+    spawn_api_process(
+        db_url,
+        &[
+            ("IDEMQ_OPS_TOKEN", OPS_TOKEN),
+            ("IDEMQ_RATE_LIMIT_ENABLED", "true"),
+            ("IDEMQ_RATE_LIMIT_SENSITIVE", "4/h"),
+            ("IDEMQ_LOG_FORMAT", "json"),
+        ],
+    )
 }
 
 /// The value of one sample line of the Prometheus text, e.g.
@@ -88,8 +45,7 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
-    let api = spawn_api(&db.url, &log);
+    let api = spawn_api(&db.url);
     let client = reqwest::Client::new();
 
     let scrape = || async {
@@ -190,9 +146,7 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    drop(api);
-    let logs = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
+    let logs = api.stop();
     assert!(logs.contains("IDEMPOTENT"), "{logs}");
     assert!(logs.contains("rate-limit"), "{logs}");
     assert!(!logs.contains(&token), "the token leaked into the log");
@@ -394,8 +348,7 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
 #[tokio::test]
 async fn a_paused_queue_is_counted_in_metrics_until_resumed() {
     let db = fresh_db().await;
-    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
-    let api = spawn_api(&db.url, &log);
+    let api = spawn_api(&db.url);
     let client = reqwest::Client::new();
     let paused = |want: f64| {
         let (client, ops) = (client.clone(), api.ops.clone());

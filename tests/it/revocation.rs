@@ -7,10 +7,7 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::{
-    fleet_limits::{spawn_api, Api},
-    helpers::*,
-};
+use crate::{fleet_limits::spawn_api, helpers::*};
 
 /// Far below the cache's 30 s TTL: only the notice can meet it.
 const REVOKED_WITHIN: Duration = Duration::from_secs(2);
@@ -25,7 +22,7 @@ fn idemq_token(db_url: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-async fn status(client: &reqwest::Client, api: &Api, token: &str) -> StatusCode {
+async fn status(client: &reqwest::Client, api: &ApiProcess, token: &str) -> StatusCode {
     client
         .get(format!("{}/invoices/inv-1", api.url))
         .bearer_auth(token)
@@ -37,7 +34,7 @@ async fn status(client: &reqwest::Client, api: &Api, token: &str) -> StatusCode 
 
 /// Revokes `which` with the real CLI and asserts that every process refuses
 /// `token` within 2 s of the command's end, while `other` keeps working.
-async fn revoke_and_expect_refusal(db_url: &str, apis: &[Api], which: &str, token: &str, other: &str) {
+async fn revoke_and_expect_refusal(db_url: &str, apis: &[ApiProcess], which: &str, token: &str, other: &str) {
     let client = reqwest::Client::new();
     for api in apis {
         // Cached on every process.
@@ -80,7 +77,7 @@ async fn a_revoked_token_is_refused_by_all_three_processes_within_two_seconds() 
         .execute(&db.pool)
         .await
         .unwrap();
-    let apis: Vec<Api> = (0..3).map(|_| spawn_api(&db.url, &[])).collect();
+    let apis: Vec<ApiProcess> = (0..3).map(|_| spawn_api(&db.url, &[])).collect();
 
     // `token list` names every token, never a secret or a hash.
     let out = idemq_token(&db.url, &["list"]);
