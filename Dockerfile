@@ -10,6 +10,7 @@ ENV SQLX_OFFLINE=true \
 # The whole workspace (every member's manifest is needed); a host target/
 # directory that slips into the context is ignored thanks to CARGO_TARGET_DIR.
 COPY . .
+# Only the service: the bench (`idemq-bench`) stays out of the image.
 RUN cargo build --release --locked --bin idemq \
  && install -m 0755 /build/target/release/idemq /usr/local/bin/idemq
 

@@ -71,8 +71,13 @@ pub enum Command {
         command: QueueCommand,
     },
     /// Measure a real fleet (API + worker processes, started by the bench):
-    /// throughput, latency, peak RSS, CPU split, correctness.
-    Bench(idemq_bench::BenchArgs),
+    /// throughput, latency, peak RSS, CPU split, correctness. Runs the
+    /// `idemq-bench` binary beside this one (`idemq bench --help` for its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Insert demo rows: invoices inv-1…, applications app-1…, contracts ctr-1….
     Seed {
         #[arg(long, default_value_t = 10)]
@@ -162,7 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", cleanup_table(&report));
             Ok(())
         }
-        Command::Bench(args) => idemq_bench::run(args).await,
+        Command::Bench { args } => Err(exec_bench(&cli.db, args)),
         Command::Queue { command } => {
             let pool = connect(&cli.db).await?;
             let operator = |by: Option<String>| {
@@ -264,6 +269,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Replaces this process with the `idemq-bench` beside it (the bench is a
+/// binary of its own, so that this one carries none of its dependencies).
+/// Returns only on failure.
+fn exec_bench(db: &DatabaseConfig, args: Vec<std::ffi::OsString>) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let bench = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("idemq-bench"),
+        Err(e) => return anyhow::Error::new(e).context("locating the idemq executable"),
+    };
+    let mut cmd = std::process::Command::new(&bench);
+    cmd.args(args);
+    // `idemq --database-url URL bench …` means the bench's server too.
+    if let Some(url) = &db.database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let e = cmd.exec();
+    anyhow::Error::new(e).context(format!(
+        "running {} (`cargo build --release` builds it beside idemq; container images carry no bench)",
+        bench.display()
+    ))
+}
+
 /// `idemq cleanup`'s output: one line per table, then the total.
 pub fn cleanup_table(report: &idemq_worker::cleanup::CleanupReport) -> String {
     let mut out = String::new();
@@ -293,16 +320,32 @@ pub async fn connect_url(url: &str, max_connections: u32) -> anyhow::Result<PgPo
         .with_context(|| format!("connecting to DATABASE_URL ({})", redact(url)))
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+/// The URL with its password (in the user info or a `password` query
+/// parameter, both of which sqlx reads) replaced by `***`, for messages.
+fn redact(raw: &str) -> String {
+    // A string that is no URL with a host may hold anything: show nothing.
+    let mut url = match url::Url::parse(raw) {
+        Ok(url) if !url.cannot_be_a_base() => url,
+        _ => return "not a valid URL".into(),
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.into()
 }
 
 /// The public listener and, when `IDEMQ_OPS_TOKEN` is set, the ops listener.
@@ -456,4 +499,33 @@ fn token_table(tokens: &[idemq_core::principal::TokenInfo]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_password_and_keeps_the_rest() {
+        for (raw, shown) in [
+            (
+                "postgres://app:s3cr%40t@db.internal:5432/idemq?sslmode=require",
+                "postgres://app:***@db.internal:5432/idemq?sslmode=require",
+            ),
+            (
+                "postgres://app@db:5432/idemq?password=s3cret&application_name=x",
+                "postgres://app@db:5432/idemq?password=***&application_name=x",
+            ),
+            ("postgres://app@db/idemq", "postgres://app@db/idemq"),
+            (
+                "postgres:///idemq?host=/run/postgresql",
+                "postgres:///idemq?host=/run/postgresql",
+            ),
+        ] {
+            assert_eq!(redact(raw), shown, "{raw}");
+        }
+        for garbled in ["app:s3cret@db", "s3cret@db/idemq"] {
+            assert_eq!(redact(garbled), "not a valid URL");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use idemq_core::config::{ApiConfig, DatabaseConfig, SharedConfig, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg_cluster::{ClusterOptions, PgCluster};
+use idemq_devcluster::{ClusterOptions, PgCluster};
 
 /// Where `idemq dev` keeps its private cluster (reused on the next run).
 pub const DEV_DIR: &str = ".idemq";

@@ -1,9 +1,8 @@
-//! The `idemq` binary's library: the command line, `idemq dev`, and the
-//! private Postgres cluster (shared with the test harness).
+//! The `idemq` binary's library: the command line and `idemq dev` (whose
+//! private Postgres is the `idemq-devcluster` crate).
 pub mod cli;
 pub mod demo;
 pub mod dev;
 pub mod json_log;
-pub mod pg_cluster;
 pub mod telemetry;
 pub mod worker_health;

@@ -1,15 +1,16 @@
 //! The fleet under test: `idemq api` and `idemq worker` as child processes
-//! of the bench (the same executable), their logs in files, their peak RSS.
+//! of the bench (the `idemq` binary beside `idemq-bench`, see
+//! `server::idemq_beside_us`), their logs in files, their peak RSS.
 //! Every child dies with the bench: SIGKILL on drop (`kill_on_drop`), and
 //! `PR_SET_PDEATHSIG` in case the bench itself is killed.
 use std::{
-    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use idemq_devcluster::free_port;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
@@ -348,9 +349,4 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some((kib / 1024.0 * 10.0).round() / 10.0)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(l.local_addr()?.port())
 }

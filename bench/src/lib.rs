@@ -15,8 +15,6 @@ mod cpu;
 mod dbstats;
 mod fleet;
 mod load;
-#[path = "../../src/pg_cluster.rs"]
-mod pg_cluster;
 mod report;
 mod scenarios;
 mod server;

@@ -8,13 +8,11 @@ use std::{
 
 use anyhow::Context;
 use idemq_core::principal::Principal;
+use idemq_devcluster::{ClusterOptions, PgCluster};
 use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
-use crate::{
-    pg_cluster::{ClusterOptions, PgCluster},
-    progress, BenchArgs,
-};
+use crate::{progress, BenchArgs};
 
 pub struct Server {
     admin_url: String,
@@ -43,7 +41,7 @@ pub struct RunDb {
 
 impl Server {
     pub async fn start(args: &BenchArgs) -> anyhow::Result<Server> {
-        let exe = std::env::current_exe().context("locating the idemq executable")?;
+        let exe = idemq_beside_us()?;
         let dir =
             std::path::absolute(&args.dir).with_context(|| format!("resolving {}", args.dir.display()))?;
         let logs = dir.join("logs");
@@ -254,6 +252,20 @@ pub async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)
         .await?)
+}
+
+/// The fleet's executable: the `idemq` in the bench's own directory (cargo
+/// builds both binaries into one directory; `idemq bench` runs the
+/// `idemq-bench` beside itself), so the bench measures the production binary.
+fn idemq_beside_us() -> anyhow::Result<PathBuf> {
+    let bench = std::env::current_exe().context("locating the idemq-bench executable")?;
+    let idemq = bench.with_file_name("idemq");
+    anyhow::ensure!(
+        idemq.is_file(),
+        "{} not found: the bench runs the idemq binary beside itself (build both with `cargo build --release`)",
+        idemq.display()
+    );
+    Ok(idemq)
 }
 
 async fn start_cluster(dir: PathBuf) -> anyhow::Result<PgCluster> {

@@ -7,7 +7,7 @@ use std::{
     sync::Mutex,
 };
 
-use idemq::pg_cluster::PgCluster;
+use idemq_devcluster::PgCluster;
 
 use crate::helpers::*;
 

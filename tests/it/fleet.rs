@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq::pg_cluster::{ClusterOptions, PgCluster};
+use idemq_devcluster::{ClusterOptions, PgCluster};
 use idemq_worker::reconciler::{self, ReconcilerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;

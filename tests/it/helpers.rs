@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq::pg_cluster::{ClusterOptions, PgCluster};
 use idemq_core::config::{ApiConfig, WorkerConfig};
+use idemq_devcluster::{ClusterOptions, PgCluster};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use sqlx::{postgres::PgPoolOptions, PgPool};

@@ -252,7 +252,7 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
     .execute(&app.db.pool)
     .await
     .unwrap();
-    let port = idemq::pg_cluster::free_port().unwrap();
+    let port = idemq_devcluster::free_port().unwrap();
     let mut child = Command::new(idemq_bin())
         .arg("worker")
         .env("DATABASE_URL", &app.db.url)

@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
+use idemq_devcluster::{ClusterOptions, PgCluster};
 use tokio::sync::watch;
 
 use super::{mark_paid, payments::truncate, seed_invoices, wait_all_final};
@@ -30,7 +31,6 @@ use crate::{
     cpu::CpuProbe,
     fleet::Fleet,
     load::http_client,
-    pg_cluster::{ClusterOptions, PgCluster},
     progress,
     report::Report,
     server::{pool, Server},

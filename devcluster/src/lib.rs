@@ -1,9 +1,6 @@
-//! A private, throwaway-or-reusable PostgreSQL cluster for `idemq dev` and the
-//! test harness.
-//!
-//! Self-contained (std + anyhow only) so that integration tests can include it
-//! with `#[path = "../src/pg_cluster.rs"] mod pg_cluster;`. Each includer uses
-//! a different subset of the API, hence the module-wide `dead_code` allowance.
+//! A private, throwaway-or-reusable PostgreSQL cluster for `idemq dev`, the
+//! test harness and `idemq bench`. Development tooling only: the service's
+//! crates (core, api, worker) never depend on it.
 //!
 //! Why it looks the way it does:
 //! - `initdb` and `postgres` refuse to run as root, and sessions and CI run as
@@ -13,8 +10,6 @@
 //!   its own data directory), so parallel clusters never collide.
 //! - `stop_when_process_exits` guarantees that a test binary that exits, panics
 //!   or is killed never leaves a postmaster behind.
-#![allow(dead_code)]
-
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -205,21 +200,6 @@ impl PgCluster {
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// `data_dir` as given (made absolute).
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// The cluster's own directory (`data_dir/pgdata`).
-    pub fn pgdata(&self) -> &Path {
-        &self.pgdata
-    }
-
-    /// The server log (`data_dir/postgres.log`).
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 
     /// Connection URL for database `db`: `postgres://postgres@127.0.0.1:PORT/DB`
