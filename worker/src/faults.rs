@@ -13,7 +13,9 @@
 //!   every attempt).
 //!
 //! A worker with a fault armed says so at start (`fault injection armed`).
-//! Never set these in production.
+//! Never set these in production. The module is in the release binary
+//! because the fleet tests run that binary, as users do (README "Fault
+//! injection"); without `IDEMQ_FAULT_PANIC_INVOICE` it is inert.
 use idemq_core::operation::{OperationId, OperationKind};
 use sqlx::PgPool;
 
@@ -28,26 +30,34 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Reads the environment once. An unparsable attempt count is an error
-    /// (a test that meant to arm a fault must not silently run without it).
+    /// Reads the environment once. Without `IDEMQ_FAULT_PANIC_INVOICE` no
+    /// other variable is even read: the worker runs as if this module did
+    /// not exist. An unparsable attempt count is an error (a test that meant
+    /// to arm a fault must not silently run without it).
     pub fn from_env() -> anyhow::Result<Faults> {
-        let panic_invoice = std::env::var(PANIC_INVOICE_VAR).ok().filter(|v| !v.is_empty());
-        let panic_attempts = match std::env::var(PANIC_ATTEMPTS_VAR) {
-            Ok(v) if !v.is_empty() => Some(
+        let faults = Faults::from_vars(|name| std::env::var(name).ok())?;
+        if faults.is_armed() {
+            tracing::warn!(?faults, "fault injection armed (test only)");
+        }
+        Ok(faults)
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Faults> {
+        let Some(panic_invoice) = var(PANIC_INVOICE_VAR).filter(|v| !v.is_empty()) else {
+            return Ok(Faults::default());
+        };
+        let panic_attempts = match var(PANIC_ATTEMPTS_VAR) {
+            Some(v) if !v.is_empty() => Some(
                 v.trim()
                     .parse()
                     .map_err(|_| anyhow::anyhow!("{PANIC_ATTEMPTS_VAR}: not a number: {v:?}"))?,
             ),
             _ => None,
         };
-        let faults = Faults {
-            panic_invoice,
+        Ok(Faults {
+            panic_invoice: Some(panic_invoice),
             panic_attempts,
-        };
-        if faults.is_armed() {
-            tracing::warn!(?faults, "fault injection armed (test only)");
-        }
-        Ok(faults)
+        })
     }
 
     pub fn is_armed(&self) -> bool {
@@ -73,5 +83,32 @@ impl Faults {
         if target.as_deref() == Some(invoice.as_str()) {
             panic!("injected fault: {PANIC_INVOICE_VAR}={invoice}, attempt {attempt}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> anyhow::Result<Faults> {
+        Faults::from_vars(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn inert_without_the_invoice_variable() {
+        assert_eq!(from(&[]).unwrap(), Faults::default());
+        assert_eq!(from(&[(PANIC_INVOICE_VAR, "")]).unwrap(), Faults::default());
+        // The attempt count alone arms nothing and is not even parsed.
+        assert_eq!(from(&[(PANIC_ATTEMPTS_VAR, "many")]).unwrap(), Faults::default());
+        assert!(!Faults::default().is_armed());
+    }
+
+    #[test]
+    fn armed_by_the_invoice_variable() {
+        let f = from(&[(PANIC_INVOICE_VAR, "inv-1"), (PANIC_ATTEMPTS_VAR, " 2 ")]).unwrap();
+        assert!(f.is_armed());
+        assert_eq!(f.panic_invoice.as_deref(), Some("inv-1"));
+        assert_eq!(f.panic_attempts, Some(2));
+        assert!(from(&[(PANIC_INVOICE_VAR, "inv-1"), (PANIC_ATTEMPTS_VAR, "many")]).is_err());
     }
 }
