@@ -1,4 +1,4 @@
-//! `idemq` subcommands (DESIGN.md "Command line and configuration").
+//! `idemq` subcommands (docs/configuration.md).
 use std::time::Duration;
 
 use anyhow::Context;
@@ -64,7 +64,7 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Pause or resume a queue (README "Pausing a queue"): the API keeps
+    /// Pause or resume a queue (docs/switches.md, "Pausing a queue"): the API keeps
     /// accepting; no worker of the fleet takes a paused queue's jobs.
     Queue {
         #[command(subcommand)]

@@ -1,4 +1,4 @@
-//! The public HTTP API (DESIGN.md "The request path").
+//! The public HTTP API (docs/request-path.md).
 pub mod auth;
 pub mod error;
 pub mod extract;

@@ -1,5 +1,4 @@
-//! Configuration from the environment (DESIGN.md "Command line and
-//! configuration"). Each setting is a clap argument with `env`, so an invalid
+//! Configuration from the environment (docs/configuration.md). Each setting is a clap argument with `env`, so an invalid
 //! value stops the process at start with a message naming the variable.
 use std::{net::SocketAddr, time::Duration};
 
@@ -302,7 +301,7 @@ pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
     Ok(schedule)
 }
 
-/// DESIGN.md's booleans: `true`/`false`, `1`/`0`.
+/// The contract's booleans (docs/configuration.md): `true`/`false`, `1`/`0`.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),

@@ -1,4 +1,4 @@
-//! The job transaction (DESIGN.md "The job path"): exactly-once effect on an
+//! The job transaction (docs/job-path.md): exactly-once effect on an
 //! at-least-once queue.
 use std::time::Duration;
 

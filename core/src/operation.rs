@@ -180,7 +180,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Operation {
     }
 }
 
-/// The public representation (DESIGN.md "The operation representation").
+/// The public representation (docs/routes-and-answers.md, "The operation").
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationView<'a> {

@@ -325,7 +325,7 @@ pub async fn cancel(
     Ok(ActionResult::Done)
 }
 
-/// A paused queue (README "Pausing a queue").
+/// A paused queue (docs/switches.md, "Pausing a queue").
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuePause {

@@ -11,10 +11,10 @@
 -- each wake-up and poll of each queue. Same signature, same statement, same
 -- result: tests/it/queue_schema.rs compares the statement with apalis's.
 --
--- One addition: a paused queue (table queue_pauses, README "Pausing a
--- queue") hands out nothing. The check is one primary-key probe inside the
--- call the worker makes anyway: no extra round trip, and every worker of the
--- fleet obeys it from its next fetch.
+-- One addition: a paused queue (table queue_pauses, docs/switches.md,
+-- "Pausing a queue") hands out nothing. The check is one primary-key probe
+-- inside the call the worker makes anyway: no extra round trip, and every
+-- worker of the fleet obeys it from its next fetch.
 CREATE OR REPLACE FUNCTION apalis.get_jobs(
     worker_id TEXT,
     v_job_type TEXT,

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// Every route of DESIGN.md's public listener.
+/// Every route of the public listener (docs/routes-and-answers.md).
 const DESIGN_ROUTES: &[(&str, &str)] = &[
     ("patch", "/invoices/{id}/mark-paid"),
     ("patch", "/applications/{id}/approve"),

@@ -1,4 +1,4 @@
-//! The scheduled cleanup (DESIGN.md "Expiry and cleanup"), in the style of
+//! The scheduled cleanup (docs/expiry-and-cleanup.md), in the style of
 //! River's job cleaner: delete what is no longer needed in bounded batches,
 //! each batch one short statement of its own (`DELETE … WHERE id IN (SELECT …
 //! LIMIT n FOR UPDATE SKIP LOCKED)`), with a short pause between batches, so

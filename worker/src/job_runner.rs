@@ -3,7 +3,7 @@
 //! jitter up to `IDEMQ_JOB_MAX_ATTEMPTS`, then finished `failed` with a
 //! stored 500. Retries happen here, not in apalis: apalis re-fetches a failed
 //! job at once (no backoff), and its `.timeout()`/`.catch_panic()` leave jobs
-//! stuck `Running` (STACK.md).
+//! stuck `Running`.
 //!
 //! When the process is stopping, a job waiting for its next attempt does not
 //! wait: it hands the job back to the queue (apalis marks it `Failed`, and a

@@ -30,7 +30,8 @@ pub struct WorkerSettings {
 }
 
 /// A name unique to this process start: a restarted process that reused its
-/// name would leave its old jobs `Running` for ever (STACK.md).
+/// name would leave its old jobs `Running` for ever (apalis rescues only
+/// the jobs of workers whose heartbeat stopped).
 pub fn instance_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()

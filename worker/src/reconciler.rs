@@ -1,4 +1,4 @@
-//! The reconciler (DESIGN.md "Liveness"), in the style of River's job
+//! The reconciler (docs/job-path.md, "Liveness"), in the style of River's job
 //! rescuer: no operation stays `queued` or `running` for ever.
 //!
 //! apalis already rescues the jobs of a dead worker (its heartbeat sweep), and

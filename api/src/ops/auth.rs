@@ -4,7 +4,7 @@
 //! basic-auth login. Tokens and cookies are compared in constant time.
 //!
 //! State-changing requests (any method but GET, HEAD, OPTIONS) must also come
-//! from the ops listener's own origin (README "The ops listener"): a browser
+//! from the ops listener's own origin (docs/ops-console.md): a browser
 //! sends the cookie and remembered basic-auth credentials with a cross-site
 //! form post too.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

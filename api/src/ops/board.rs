@@ -3,7 +3,7 @@
 //! the public API (the board would accept any task id, and a non-ULID id
 //! blocks a queue).
 //!
-//! Two of its routes are answered by us instead (README "The ops listener"):
+//! Two of its routes are answered by us instead (docs/ops-console.md):
 //! - `/api/v1/events`: our own filtered log feed ([`super::log_feed`]). The
 //!   UI's footer reads "Unhealthy" whenever that stream fails or ends.
 //! - `/api/v1/overview`: apalis-postgres 1.0's figures, corrected. It sends

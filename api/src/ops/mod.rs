@@ -1,4 +1,4 @@
-//! The ops listener (DESIGN.md "The ops listener"): the apalis-board
+//! The ops listener (docs/ops-console.md): the apalis-board
 //! dashboard, the operations view, `/metrics` — all behind the ops token.
 pub mod auth;
 pub mod board;

@@ -1,5 +1,5 @@
-//! Pausing and resuming a queue from the ops listener (README "Pausing a
-//! queue"). The API keeps accepting; workers fleet-wide stop fetching the
+//! Pausing and resuming a queue from the ops listener (docs/switches.md,
+//! "Pausing a queue"). The API keeps accepting; workers fleet-wide stop fetching the
 //! queue's jobs from their next fetch; each action is logged with the
 //! operator (`queue_pause_log`).
 use axum::{

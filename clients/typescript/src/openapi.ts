@@ -820,7 +820,7 @@ export interface components {
             contractId: string;
             meterReadings: components["schemas"]["MeterReading"][];
         };
-        /** @description The public representation (DESIGN.md "The operation representation"). */
+        /** @description The public representation (docs/routes-and-answers.md, "The operation"). */
         OperationView: {
             /** Format: date-time */
             createdAt: string;
