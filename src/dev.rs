@@ -48,11 +48,14 @@ async fn start_cluster(dir: PathBuf) -> anyhow::Result<PgCluster> {
     // Killed without a chance to clean up, we still leave no server behind.
     cluster.stop_when_process_exits(std::process::id(), false)?;
     let admin = crate::cli::connect_url(&cluster.url("postgres"), 2).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(DEV_DATABASE)
-        .fetch_one(&admin)
-        .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        DEV_DATABASE,
+    )
+    .fetch_one(&admin)
+    .await?;
     if !exists {
+        // Dynamic: a database name is an identifier, not a parameter.
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEV_DATABASE}")))
             .execute(&admin)
             .await?;

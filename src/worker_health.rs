@@ -21,7 +21,7 @@ pub async fn spawn(addr: SocketAddr, pool: PgPool, shutdown: CancellationToken) 
             get(move || {
                 let pool = pool.clone();
                 async move {
-                    match sqlx::query("SELECT 1").execute(&pool).await {
+                    match sqlx::query!("SELECT 1 AS alive").fetch_one(&pool).await {
                         Ok(_) => (StatusCode::OK, "ready"),
                         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
                     }

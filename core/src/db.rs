@@ -22,6 +22,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
+                // Dynamic: SET takes no parameters, and query! would check
+                // the name against the build's server, not the one we run on.
                 let set =
                     format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
                 if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
@@ -53,7 +55,7 @@ pub async fn migrations_current(pool: &PgPool) -> Result<bool, Error> {
         .map(|m| m.version)
         .max()
         .unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+    let applied = sqlx::query_scalar!("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool)
         .await?;
     Ok(applied.unwrap_or(0) >= latest)

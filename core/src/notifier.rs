@@ -124,11 +124,13 @@ async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
             let Some(c) = conn.as_mut() else {
                 return Err(sqlx::Error::PoolClosed);
             };
-            sqlx::query("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)")
-                .bind(&channels)
-                .bind(&payloads)
-                .execute(&mut *c)
-                .await
+            sqlx::query!(
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
+                &channels,
+                &payloads,
+            )
+            .execute(&mut *c)
+            .await
         })
         .await;
         match sent {
@@ -158,7 +160,7 @@ async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
 /// worthless after a server crash anyway.
 async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
     let mut conn = pool.acquire().await?.detach();
-    sqlx::query("SET synchronous_commit = off")
+    sqlx::query!("SET synchronous_commit = off")
         .execute(&mut conn)
         .await?;
     Ok(conn)

@@ -54,47 +54,56 @@ pub struct OperationRow {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-const SELECT: &str = "SELECT o.id AS uuid, 'op_' || replace(o.id::text, '-', '') AS id, p.name AS principal,
-        o.idempotency_key, encode(o.fingerprint, 'hex') AS fingerprint, o.kind, o.status, o.attempts,
-        o.queue, o.job_id, o.response_status, o.response_body, o.created_at, o.updated_at,
-        o.finished_at, o.expires_at
-    FROM operations o JOIN principals p ON p.id = o.principal_id";
-
 pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<OperationRow>, Error> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT}
+    // The column list is repeated in `show`: query_as! takes only literals,
+    // and checks each copy against `OperationRow`.
+    Ok(sqlx::query_as!(
+        OperationRow,
+        r#"SELECT o.id AS uuid, 'op_' || replace(o.id::text, '-', '') AS "id!", p.name AS principal,
+                o.idempotency_key, encode(o.fingerprint, 'hex') AS "fingerprint!", o.kind, o.status,
+                o.attempts, o.queue, o.job_id, o.response_status, o.response_body, o.created_at,
+                o.updated_at, o.finished_at, o.expires_at
+         FROM operations o JOIN principals p ON p.id = o.principal_id
          WHERE ($1::text IS NULL OR o.status = $1) AND ($2::text IS NULL OR o.kind = $2)
            AND ($3::text IS NULL OR p.name = $3)
            AND ($4::bigint IS NULL OR o.created_at <= now() - $4 * interval '1 second')
            AND ($6::text IS NULL OR o.idempotency_key = $6)
            AND ($7::uuid IS NULL OR o.id < $7)
-         ORDER BY o.id DESC LIMIT $5"
-    )))
-    .bind(&f.status)
-    .bind(&f.kind)
-    .bind(&f.principal)
-    .bind(f.older_than_secs)
-    .bind(f.limit.clamp(1, 1000))
-    .bind(&f.key)
-    .bind(f.before.map(|id| id.uuid()))
+         ORDER BY o.id DESC LIMIT $5"#,
+        f.status,
+        f.kind,
+        f.principal,
+        f.older_than_secs,
+        f.limit.clamp(1, 1000),
+        f.key,
+        f.before.map(|id| id.uuid()),
+    )
     .fetch_all(pool)
     .await?)
 }
 
 /// One operation with its apalis job row (as JSON), if the job still exists.
 pub async fn show(pool: &PgPool, id: OperationId) -> Result<Option<(OperationRow, Option<Value>)>, Error> {
-    let row: Option<OperationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE o.id = $1")))
-        .bind(id.uuid())
-        .fetch_optional(pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let job: Option<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('id', id, 'queue', job_type, 'status', status, 'attempts', attempts,
-                'maxAttempts', max_attempts, 'runAt', run_at, 'lockBy', lock_by, 'lockAt', lock_at,
-                'doneAt', done_at, 'lastResult', last_result)
-         FROM apalis.jobs WHERE id = $1",
+    let row = sqlx::query_as!(
+        OperationRow,
+        r#"SELECT o.id AS uuid, 'op_' || replace(o.id::text, '-', '') AS "id!", p.name AS principal,
+                o.idempotency_key, encode(o.fingerprint, 'hex') AS "fingerprint!", o.kind, o.status,
+                o.attempts, o.queue, o.job_id, o.response_status, o.response_body, o.created_at,
+                o.updated_at, o.finished_at, o.expires_at
+         FROM operations o JOIN principals p ON p.id = o.principal_id
+         WHERE o.id = $1"#,
+        id.uuid(),
     )
-    .bind(&row.job_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let job: Option<Value> = sqlx::query_scalar!(
+        r#"SELECT jsonb_build_object('id', id, 'queue', job_type, 'status', status, 'attempts', attempts,
+                'maxAttempts', max_attempts, 'runAt', run_at, 'lockBy', lock_by, 'lockAt', lock_at,
+                'doneAt', done_at, 'lastResult', last_result) AS "job!"
+         FROM apalis.jobs WHERE id = $1"#,
+        row.job_id,
+    )
     .fetch_optional(pool)
     .await?;
     Ok(Some((row, job)))
@@ -107,6 +116,10 @@ pub const RETRYABLE_TYPES: [&str; 2] = ["operation-failed", "operation-cancelled
 
 /// SQL: `o` (an `operations` row) is finished and its retry can help.
 /// (CASE: only a problem body is parsed; SQL does not order AND's operands.)
+///
+/// The three statements that use it (`lock`, `count_retryable`,
+/// `retry_all`) stay dynamic: query! takes only literals, and one shared
+/// condition cannot drift between them as three copies could.
 const RETRYABLE_SQL: &str = "(o.status = 'failed'
      AND CASE WHEN o.response_content_type LIKE 'application/problem+json%'
               THEN (o.response_body::jsonb ->> 'type') END
@@ -141,26 +154,28 @@ pub struct Story {
 }
 
 pub async fn story(pool: &PgPool, id: OperationId) -> Result<Story, Error> {
-    let (request, response_content_type): (Option<Value>, Option<String>) =
-        sqlx::query_as("SELECT request, response_content_type FROM operations WHERE id = $1")
-            .bind(id.uuid())
-            .fetch_optional(pool)
-            .await?
-            .unwrap_or_default();
-    let attempts: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('attempt', attempt, 'worker', worker, 'startedAt', started_at,
-                'endedAt', ended_at, 'outcome', outcome, 'error', error)
-         FROM operation_attempts WHERE operation_id = $1 ORDER BY id",
+    let (request, response_content_type) = sqlx::query!(
+        "SELECT request, response_content_type FROM operations WHERE id = $1",
+        id.uuid(),
     )
-    .bind(id.uuid())
+    .fetch_optional(pool)
+    .await?
+    .map(|row| (Some(row.request), row.response_content_type))
+    .unwrap_or_default();
+    let attempts: Vec<Value> = sqlx::query_scalar!(
+        r#"SELECT jsonb_build_object('attempt', attempt, 'worker', worker, 'startedAt', started_at,
+                'endedAt', ended_at, 'outcome', outcome, 'error', error) AS "attempt!"
+         FROM operation_attempts WHERE operation_id = $1 ORDER BY id"#,
+        id.uuid(),
+    )
     .fetch_all(pool)
     .await?;
-    let audit: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('at', at, 'action', action, 'entity', entity_type || ' ' || entity_id,
-                'details', details)
-         FROM audit_log WHERE operation_id = $1 ORDER BY id",
+    let audit: Vec<Value> = sqlx::query_scalar!(
+        r#"SELECT jsonb_build_object('at', at, 'action', action, 'entity', entity_type || ' ' || entity_id,
+                'details', details) AS "entry!"
+         FROM audit_log WHERE operation_id = $1 ORDER BY id"#,
+        id.uuid(),
     )
-    .bind(id.uuid())
     .fetch_all(pool)
     .await?;
     Ok(Story {
@@ -238,14 +253,14 @@ pub async fn retry(pool: &PgPool, id: OperationId, who: &str) -> Result<ActionRe
 
 async fn requeue(conn: &mut PgConnection, id: OperationId, queue_name: &str) -> Result<(), Error> {
     let job_id = queue::new_job_id();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE operations SET status = 'queued', attempts = 0, job_id = $2, response_status = NULL,
                 response_content_type = NULL, response_body = NULL, finished_at = NULL,
                 expires_at = NULL, updated_at = now()
          WHERE id = $1",
+        id.uuid(),
+        job_id.to_string(),
     )
-    .bind(id.uuid())
-    .bind(job_id.to_string())
     .execute(&mut *conn)
     .await?;
     queue::push(conn, queue_name, job_id, id).await?;
@@ -354,14 +369,15 @@ pub async fn pause_queue(pool: &PgPool, name: &str, who: &str) -> Result<Result<
         Err(e) => return Ok(Err(e)),
     };
     let mut tx = pool.begin().await?;
-    let paused =
-        sqlx::query("INSERT INTO queue_pauses (queue, paused_by) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(name)
-            .bind(who)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+    let paused = sqlx::query!(
+        "INSERT INTO queue_pauses (queue, paused_by) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        name,
+        who,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
     if paused {
         log_pause(&mut tx, name, "queue.pause", who).await?;
     }
@@ -377,19 +393,20 @@ pub async fn resume_queue(pool: &PgPool, name: &str, who: &str) -> Result<Result
         Err(e) => return Ok(Err(e)),
     };
     let mut tx = pool.begin().await?;
-    let resumed = sqlx::query("DELETE FROM queue_pauses WHERE queue = $1")
-        .bind(name)
+    let resumed = sqlx::query!("DELETE FROM queue_pauses WHERE queue = $1", name)
         .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
     if resumed {
         log_pause(&mut tx, name, "queue.resume", who).await?;
-        sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
-            .bind(crate::notifier::JOB_INSERT_CHANNEL)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)",
+            crate::notifier::JOB_INSERT_CHANNEL,
+            name,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(Ok(resumed))
@@ -401,21 +418,24 @@ async fn log_pause(
     action: &'static str,
     who: &str,
 ) -> Result<(), Error> {
-    sqlx::query("INSERT INTO queue_pause_log (queue, action, by) VALUES ($1, $2, $3)")
-        .bind(name)
-        .bind(action)
-        .bind(who)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO queue_pause_log (queue, action, by) VALUES ($1, $2, $3)",
+        name,
+        action,
+        who,
+    )
+    .execute(conn)
+    .await?;
     tracing::info!(queue = name, by = who, action, "ops: queue action done");
     Ok(())
 }
 
 /// The paused queues.
 pub async fn paused_queues(pool: &PgPool) -> Result<Vec<QueuePause>, Error> {
-    Ok(
-        sqlx::query_as("SELECT queue, paused_at, paused_by FROM queue_pauses ORDER BY queue")
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_as!(
+        QueuePause,
+        "SELECT queue, paused_at, paused_by FROM queue_pauses ORDER BY queue"
     )
+    .fetch_all(pool)
+    .await?)
 }

@@ -56,7 +56,8 @@ pub struct TokenInfo {
 
 /// Every token, oldest first.
 pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>, Error> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        TokenInfo,
         "SELECT t.id, p.name AS principal, t.created_at, t.revoked_at
          FROM api_tokens t JOIN principals p ON p.id = t.principal_id
          ORDER BY t.created_at, t.id",
@@ -70,39 +71,41 @@ pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>, Error> {
 /// [`REVOKED_CHANNEL`] (delivered at commit). Returns the revoked ids.
 pub async fn revoke(pool: &PgPool, which: &str) -> Result<Vec<Uuid>, Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "UPDATE api_tokens t SET revoked_at = now()
          WHERE t.revoked_at IS NULL
            AND (t.id = $1 OR t.principal_id IN (SELECT id FROM principals WHERE name = $2))
          RETURNING t.id, t.token_sha256",
+        which.parse::<Uuid>().ok(),
+        which,
     )
-    .bind(which.parse::<Uuid>().ok())
-    .bind(which)
     .fetch_all(&mut *tx)
     .await?;
-    for (_, hash) in &rows {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(REVOKED_CHANNEL)
-            .bind(hex::encode(hash))
-            .execute(&mut *tx)
-            .await?;
+    for row in &rows {
+        sqlx::query!(
+            "SELECT pg_notify($1, $2)",
+            REVOKED_CHANNEL,
+            hex::encode(&row.token_sha256)
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
-    Ok(rows.into_iter().map(|(id, _)| id).collect())
+    Ok(rows.into_iter().map(|row| row.id).collect())
 }
 
 /// The principal owning an unrevoked token, if any.
 pub async fn authenticate(pool: &PgPool, hash: &TokenHash) -> Result<Option<Principal>, Error> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT p.id, p.name FROM api_tokens t JOIN principals p ON p.id = t.principal_id
          WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL",
+        &hash.0[..],
     )
-    .bind(&hash.0[..])
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, name)| Principal {
-        id,
-        name: name.into(),
+    Ok(row.map(|row| Principal {
+        id: row.id,
+        name: row.name.into(),
     }))
 }
 
@@ -113,18 +116,20 @@ pub async fn create_token(pool: &PgPool, name: &str) -> Result<(Principal, Strin
     rand::rng().fill_bytes(&mut raw);
     let token = format!("idq_{}", hex::encode(raw));
     let mut tx = pool.begin().await?;
-    let (id,): (Uuid,) = sqlx::query_as(
+    let id = sqlx::query_scalar!(
         "INSERT INTO principals (name) VALUES ($1)
          ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        name,
     )
-    .bind(name)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO api_tokens (token_sha256, principal_id) VALUES ($1, $2)")
-        .bind(&TokenHash::of(&token).0[..])
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO api_tokens (token_sha256, principal_id) VALUES ($1, $2)",
+        &TokenHash::of(&token).0[..],
+        id,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok((
         Principal {

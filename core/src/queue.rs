@@ -57,11 +57,13 @@ pub async fn push(conn: &mut PgConnection, queue: &str, job_id: Ulid, op: Operat
         .max_attempts(APALIS_MAX_ATTEMPTS)
         .build();
     apalis_postgres::queries::push_tasks(&mut *conn, queue, vec![task]).await?;
-    sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text, 'id', $3::text)::text)")
-        .bind(crate::notifier::JOB_INSERT_CHANNEL)
-        .bind(queue)
-        .bind(job_id.to_string())
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_notify($1, json_build_object('job_type', $2::text, 'id', $3::text)::text)",
+        crate::notifier::JOB_INSERT_CHANNEL,
+        queue,
+        job_id.to_string(),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -14,29 +14,29 @@ pub struct Seeded {
 /// contracts `ctr-1…`, with the fixture contract's defaults.
 pub async fn seed(pool: &PgPool, invoices: i64, applications: i64, contracts: i64) -> Result<Seeded, Error> {
     let mut tx = pool.begin().await?;
-    let inv = sqlx::query(
+    let inv = sqlx::query!(
         "INSERT INTO invoices (id, amount_cents)
-         SELECT 'inv-' || n, 1000 + (n % 50) * 500 FROM generate_series(1, $1) n
+         SELECT 'inv-' || n, 1000 + (n % 50) * 500 FROM generate_series(1, $1::bigint) n
          ON CONFLICT (id) DO NOTHING",
+        invoices,
     )
-    .bind(invoices)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let apps = sqlx::query(
+    let apps = sqlx::query!(
         "INSERT INTO applications (id, applicant, room)
-         SELECT 'app-' || n, 'Applicant ' || n, 'Room ' || n FROM generate_series(1, $1) n
+         SELECT 'app-' || n, 'Applicant ' || n, 'Room ' || n FROM generate_series(1, $1::bigint) n
          ON CONFLICT (id) DO NOTHING",
+        applications,
     )
-    .bind(applications)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let ctrs = sqlx::query(
-        "INSERT INTO contracts (id) SELECT 'ctr-' || n FROM generate_series(1, $1) n
+    let ctrs = sqlx::query!(
+        "INSERT INTO contracts (id) SELECT 'ctr-' || n FROM generate_series(1, $1::bigint) n
          ON CONFLICT (id) DO NOTHING",
+        contracts,
     )
-    .bind(contracts)
     .execute(&mut *tx)
     .await?
     .rows_affected();

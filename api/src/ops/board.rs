@@ -120,13 +120,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub async fn overview(pool: &PgPool) -> Result<Vec<Statistic>, BoxError> {
     let storage = PostgresStorage::<JobPayload>::new(pool);
     let mut stats = storage.global().await?;
-    let (most_recent, oldest_pending): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT extract(epoch FROM max(run_at) FILTER (WHERE run_at <= now()))::float8,
+    let times = sqlx::query!(
+        r#"SELECT extract(epoch FROM max(run_at) FILTER (WHERE run_at <= now()))::float8 AS most_recent,
                 extract(epoch FROM min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8
-         FROM apalis.jobs",
+                    AS oldest_pending
+         FROM apalis.jobs"#,
     )
     .fetch_one(pool)
     .await?;
+    let (most_recent, oldest_pending) = (times.most_recent, times.oldest_pending);
     let exact = |title: &str| match title {
         "MOST_RECENT_JOB" => Some(most_recent),
         "OLDEST_PENDING_JOB" => Some(oldest_pending),

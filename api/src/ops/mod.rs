@@ -82,9 +82,12 @@ pub fn spawn_gauges(pool: PgPool, shutdown: tokio_util::sync::CancellationToken)
 pub async fn refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
     use idemq_core::telemetry::{OPERATIONS, QUEUE_JOBS};
     let jobs: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT job_type, status, count(*) FROM apalis.jobs GROUP BY 1, 2")
+        sqlx::query!(r#"SELECT job_type, status, count(*) AS "n!" FROM apalis.jobs GROUP BY 1, 2"#)
             .fetch_all(pool)
-            .await?;
+            .await?
+            .into_iter()
+            .map(|r| (r.job_type, r.status, r.n))
+            .collect();
     for queue in idemq_core::queue::ALL {
         for state in ["Pending", "Queued", "Running", "Done", "Failed", "Killed"] {
             let n = jobs
@@ -94,17 +97,25 @@ pub async fn refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
             metrics::gauge!(QUEUE_JOBS, "queue" => queue, "state" => state).set(n as f64);
         }
     }
-    let ops: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM operations GROUP BY 1")
-        .fetch_all(pool)
-        .await?;
+    let ops: Vec<(String, i64)> =
+        sqlx::query!(r#"SELECT status, count(*) AS "n!" FROM operations GROUP BY 1"#)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.status, r.n))
+            .collect();
     for status in ["queued", "running", "succeeded", "failed"] {
         let n = ops.iter().find(|(s, _)| s == status).map_or(0, |o| o.1);
         metrics::gauge!(OPERATIONS, "status" => status).set(n as f64);
     }
-    let paused: Vec<(String, f64)> =
-        sqlx::query_as("SELECT queue, extract(epoch FROM now() - paused_at)::float8 FROM queue_pauses")
-            .fetch_all(pool)
-            .await?;
+    let paused: Vec<(String, f64)> = sqlx::query!(
+        r#"SELECT queue, extract(epoch FROM now() - paused_at)::float8 AS "seconds!" FROM queue_pauses"#
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.queue, r.seconds))
+    .collect();
     for queue in idemq_core::queue::ALL {
         let since = paused.iter().find(|p| p.0 == queue).map(|p| p.1.max(0.0));
         metrics::gauge!(QUEUE_PAUSED, "queue" => queue).set(if since.is_some() { 1.0 } else { 0.0 });

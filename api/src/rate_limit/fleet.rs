@@ -39,20 +39,6 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// beyond its budget in a window.
 pub const SLICE_DIVISOR: u32 = 20;
 
-/// Takes up to `$3` requests (capped by the burst `$4`) from the budget of
-/// (`$1`, `$2`) whose interval is `$5` µs; returns what was granted and how
-/// far ahead of now the budget's `tat` is, in µs.
-const LEASE: &str = "
-INSERT INTO rate_limit_budgets AS b (principal_id, class, tat, granted)
-VALUES ($1, $2, now() + least($3, $4)::bigint * $5 * interval '1 microsecond', least($3, $4))
-ON CONFLICT (principal_id, class) DO UPDATE SET
-    granted = least(EXCLUDED.granted, greatest(0, floor(
-        ($4::bigint * $5 - extract(epoch FROM greatest(b.tat, now()) - now()) * 1000000) / $5)))::int,
-    tat = greatest(b.tat, now()) + least(EXCLUDED.granted, greatest(0, floor(
-        ($4::bigint * $5 - extract(epoch FROM greatest(b.tat, now()) - now()) * 1000000) / $5)))::bigint
-        * $5 * interval '1 microsecond'
-RETURNING granted, (extract(epoch FROM tat - now()) * 1000000)::bigint";
-
 pub enum Decision {
     Allowed {
         remaining: u32,
@@ -144,15 +130,28 @@ impl Fleet {
             .unwrap_or(i64::MAX)
             .max(1);
         let slice = s.next_slice;
-        let lease = sqlx::query_as::<_, (i32, i64)>(LEASE)
-            .bind(principal)
-            .bind(class.as_str())
-            .bind(i32::try_from(slice).unwrap_or(i32::MAX))
-            .bind(i32::try_from(spec.burst).unwrap_or(i32::MAX))
-            .bind(interval_us)
-            .fetch_one(&self.pool);
+        // Takes up to $3 requests (capped by the burst $4) from the budget of
+        // ($1, $2) whose interval is $5 µs; returns what was granted and how
+        // far ahead of now the budget's `tat` is, in µs.
+        let lease = sqlx::query!(
+            r#"INSERT INTO rate_limit_budgets AS b (principal_id, class, tat, granted)
+VALUES ($1, $2, now() + least($3::int, $4::int)::bigint * $5::bigint * interval '1 microsecond', least($3, $4))
+ON CONFLICT (principal_id, class) DO UPDATE SET
+    granted = least(EXCLUDED.granted, greatest(0, floor(
+        ($4::bigint * $5 - extract(epoch FROM greatest(b.tat, now()) - now()) * 1000000) / $5)))::int,
+    tat = greatest(b.tat, now()) + least(EXCLUDED.granted, greatest(0, floor(
+        ($4::bigint * $5 - extract(epoch FROM greatest(b.tat, now()) - now()) * 1000000) / $5)))::bigint
+        * $5 * interval '1 microsecond'
+RETURNING granted, (extract(epoch FROM tat - now()) * 1000000)::bigint AS "ahead_us!""#,
+            principal,
+            class.as_str(),
+            i32::try_from(slice).unwrap_or(i32::MAX),
+            i32::try_from(spec.burst).unwrap_or(i32::MAX),
+            interval_us,
+        )
+        .fetch_one(&self.pool);
         let (granted, ahead_us) = match tokio::time::timeout(LEASE_TIMEOUT, lease).await {
-            Ok(Ok(row)) => row,
+            Ok(Ok(row)) => (row.granted, row.ahead_us),
             Ok(Err(e)) => return self.failed(&e.to_string()),
             Err(_) => return self.failed("no answer within the lease timeout"),
         };

@@ -45,8 +45,6 @@ pub struct Contract {
     pub created_at: DateTime<Utc>,
 }
 
-const APPLICATION_COLUMNS: &str = "id, applicant, room, status, version, note, reason, decided_at";
-
 enum Decision<'a> {
     Approve(&'a Approve),
     Reject(&'a Reject),
@@ -78,11 +76,10 @@ async fn decide(
     id: &str,
     decision: Decision<'_>,
 ) -> Result<Outcome, Error> {
-    let current: Option<(String, i32)> =
-        sqlx::query_as("SELECT status, version FROM applications WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let current = sqlx::query!("SELECT status, version FROM applications WHERE id = $1", id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| (row.status, row.version));
     let Some((status, version)) = current else {
         return Ok(Outcome::refused(
             Problem::new("application-not-found", "Application not found", 404)
@@ -98,17 +95,18 @@ async fn decide(
     };
     let lock_started = std::time::Instant::now();
     // A concurrent decision on the same version makes this match no row.
-    let updated: Option<Application> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let updated = sqlx::query_as!(
+        Application,
         "UPDATE applications SET status = $3, version = version + 1, note = coalesce($4, note),
                 reason = coalesce($5, reason), decided_at = now(), updated_at = now()
          WHERE id = $1 AND status = 'PENDING' AND version = $2
-         RETURNING {APPLICATION_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(version)
-    .bind(new_status)
-    .bind(note)
-    .bind(reason)
+         RETURNING id, applicant, room, status, version, note, reason, decided_at",
+        id,
+        version,
+        new_status,
+        note,
+        reason,
+    )
     .fetch_optional(&mut *conn)
     .await?;
     let kind = match &decision {
@@ -117,20 +115,20 @@ async fn decide(
     };
     super::record_lock_wait(kind, lock_started);
     let Some(application) = updated else {
-        let now: Option<String> = sqlx::query_scalar("SELECT status FROM applications WHERE id = $1")
-            .bind(id)
+        let now = sqlx::query_scalar!("SELECT status FROM applications WHERE id = $1", id)
             .fetch_optional(&mut *conn)
             .await?;
         return Ok(not_pending(id, now.as_deref().unwrap_or("gone")));
     };
     match decision {
         Decision::Approve(_) => {
-            let contract: Contract = sqlx::query_as(
+            let contract = sqlx::query_as!(
+                Contract,
                 "INSERT INTO contracts (id, application_id) VALUES ($1, $2)
                  RETURNING id, application_id, created_at",
+                format!("ctr_{}", uuid::Uuid::now_v7().simple()),
+                id,
             )
-            .bind(format!("ctr_{}", uuid::Uuid::now_v7().simple()))
-            .bind(id)
             .fetch_one(&mut *conn)
             .await?;
             let audit = Audit::new(
@@ -163,10 +161,12 @@ pub async fn find(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<(Application, Option<Contract>)>, Error> {
-    let app: Option<Application> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = $1"
-    )))
-    .bind(id)
+    let app = sqlx::query_as!(
+        Application,
+        "SELECT id, applicant, room, status, version, note, reason, decided_at
+         FROM applications WHERE id = $1",
+        id,
+    )
     .fetch_optional(&mut *conn)
     .await?;
     let Some(app) = app else { return Ok(None) };
@@ -178,10 +178,11 @@ async fn find_contract_of<'e>(
     db: impl PgExecutor<'e>,
     application_id: &str,
 ) -> Result<Option<Contract>, Error> {
-    Ok(
-        sqlx::query_as("SELECT id, application_id, created_at FROM contracts WHERE application_id = $1")
-            .bind(application_id)
-            .fetch_optional(db)
-            .await?,
+    Ok(sqlx::query_as!(
+        Contract,
+        "SELECT id, application_id, created_at FROM contracts WHERE application_id = $1",
+        application_id,
     )
+    .fetch_optional(db)
+    .await?)
 }

@@ -53,10 +53,12 @@ fn to_reading((id, contract_id, reading, recorded_at): ReadingRow) -> Result<Met
 
 pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) -> Result<Outcome, Error> {
     let lock_started = std::time::Instant::now();
-    let contract: Option<String> = sqlx::query_scalar("SELECT id FROM contracts WHERE id = $1 FOR UPDATE")
-        .bind(req.contract_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let contract = sqlx::query_scalar!(
+        "SELECT id FROM contracts WHERE id = $1 FOR UPDATE",
+        req.contract_id.as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     super::record_lock_wait("meter_reading.record", lock_started);
     if contract.is_none() {
         return Ok(Outcome::refused(
@@ -65,14 +67,16 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
         ));
     }
     let reading = req.reading.to_string();
-    let last: Option<(String, bool)> = sqlx::query_as(
-        "SELECT reading::text, $2::numeric < reading FROM meter_readings
-         WHERE contract_id = $1 ORDER BY id DESC LIMIT 1",
+    // $2 is text cast to numeric: the reading's exact digits, no float.
+    let last = sqlx::query!(
+        r#"SELECT reading::text AS "last!", $2::text::numeric < reading AS "below!"
+         FROM meter_readings WHERE contract_id = $1 ORDER BY id DESC LIMIT 1"#,
+        req.contract_id.as_str(),
+        reading,
     )
-    .bind(req.contract_id.as_str())
-    .bind(&reading)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|row| (row.last, row.below));
     if let Some((last, true)) = last {
         return Ok(Outcome::refused(
             Problem::new("reading-below-last", "Reading is below the last one", 422).detail(format!(
@@ -81,15 +85,16 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
             )),
         ));
     }
-    let row: ReadingRow = sqlx::query_as(
-        "INSERT INTO meter_readings (contract_id, reading, operation_id) VALUES ($1, $2::numeric, $3)
-         RETURNING id, contract_id, reading::text, recorded_at",
+    let row = sqlx::query!(
+        r#"INSERT INTO meter_readings (contract_id, reading, operation_id) VALUES ($1, $2::text::numeric, $3)
+         RETURNING id, contract_id, reading::text AS "reading!", recorded_at"#,
+        req.contract_id.as_str(),
+        reading,
+        actor.operation.uuid(),
     )
-    .bind(req.contract_id.as_str())
-    .bind(&reading)
-    .bind(actor.operation.uuid())
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map(|r| (r.id, r.contract_id, r.reading, r.recorded_at))?;
     let saved = to_reading(row)?;
     let audit = Audit::new(
         actor,
@@ -103,8 +108,7 @@ pub async fn record(conn: &mut PgConnection, actor: Actor, req: &RecordReading) 
 
 /// Read model for `GET /contracts/{id}/meter-readings` (None: no such contract).
 pub async fn list(conn: &mut PgConnection, contract_id: &str) -> Result<Option<Vec<MeterReading>>, Error> {
-    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM contracts WHERE id = $1")
-        .bind(contract_id)
+    let exists = sqlx::query_scalar!("SELECT id FROM contracts WHERE id = $1", contract_id)
         .fetch_optional(&mut *conn)
         .await?;
     if exists.is_none() {
@@ -118,11 +122,14 @@ pub async fn list(conn: &mut PgConnection, contract_id: &str) -> Result<Option<V
 }
 
 async fn list_rows<'e>(db: impl PgExecutor<'e>, contract_id: &str) -> Result<Vec<ReadingRow>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT id, contract_id, reading::text, recorded_at FROM meter_readings
-         WHERE contract_id = $1 ORDER BY id",
+    Ok(sqlx::query!(
+        r#"SELECT id, contract_id, reading::text AS "reading!", recorded_at FROM meter_readings
+         WHERE contract_id = $1 ORDER BY id"#,
+        contract_id,
     )
-    .bind(contract_id)
     .fetch_all(db)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.contract_id, r.reading, r.recorded_at))
+    .collect())
 }

@@ -93,16 +93,16 @@ impl Audit {
     /// Writes the entry on `conn`, for entries no `Outcome` carries (the
     /// operator's actions).
     pub async fn insert(&self, conn: &mut PgConnection) -> Result<(), Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
              VALUES ($1, $2, $3, $4, $5, $6)",
+            self.actor.operation.uuid(),
+            self.actor.principal,
+            self.action,
+            self.entity_type,
+            self.entity_id,
+            self.details,
         )
-        .bind(self.actor.operation.uuid())
-        .bind(self.actor.principal)
-        .bind(self.action)
-        .bind(self.entity_type)
-        .bind(&self.entity_id)
-        .bind(&self.details)
         .execute(conn)
         .await?;
         Ok(())

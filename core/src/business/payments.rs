@@ -25,8 +25,6 @@ pub struct Invoice {
     pub paid_at: Option<DateTime<Utc>>,
 }
 
-const INVOICE_COLUMNS: &str = "id, amount_cents, currency, status, payment_method, paid_at";
-
 pub async fn mark_paid(
     conn: &mut PgConnection,
     actor: Actor,
@@ -34,10 +32,12 @@ pub async fn mark_paid(
     req: &MarkPaid,
 ) -> Result<Outcome, Error> {
     let lock_started = std::time::Instant::now();
-    let invoice: Option<Invoice> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(invoice_id)
+    let invoice = sqlx::query_as!(
+        Invoice,
+        "SELECT id, amount_cents, currency, status, payment_method, paid_at
+         FROM invoices WHERE id = $1 FOR UPDATE",
+        invoice_id,
+    )
     .fetch_optional(&mut *conn)
     .await?;
     super::record_lock_wait("invoice.mark_paid", lock_started);
@@ -54,14 +54,15 @@ pub async fn mark_paid(
             )),
         ));
     }
-    let paid: Invoice = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let paid = sqlx::query_as!(
+        Invoice,
         "UPDATE invoices SET status = 'PAID', payment_method = $2, paid_at = now(),
                 paid_by_operation = $3, updated_at = now()
-         WHERE id = $1 RETURNING {INVOICE_COLUMNS}"
-    )))
-    .bind(invoice_id)
-    .bind(req.payment_method.as_str())
-    .bind(actor.operation.uuid())
+         WHERE id = $1 RETURNING id, amount_cents, currency, status, payment_method, paid_at",
+        invoice_id,
+        req.payment_method.as_str(),
+        actor.operation.uuid(),
+    )
     .fetch_one(&mut *conn)
     .await?;
     let audit = Audit::new(
@@ -76,10 +77,11 @@ pub async fn mark_paid(
 
 /// Read model for `GET /invoices/{id}`.
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<Invoice>, Error> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
-    )))
-    .bind(id)
+    Ok(sqlx::query_as!(
+        Invoice,
+        "SELECT id, amount_cents, currency, status, payment_method, paid_at FROM invoices WHERE id = $1",
+        id,
+    )
     .fetch_optional(db)
     .await?)
 }
