@@ -27,8 +27,13 @@ struct Bouncer {
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        // The child is `setpriv`/`runuser`; pgbouncer dies with its parent
+        // (`--pdeathsig`), and by its pid file in case it did not.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -64,9 +69,11 @@ impl Bouncer {
                  ignore_startup_parameters = extra_float_digits\n\
                  max_client_conn = 500\n\
                  default_pool_size = 20\n\
-                 logfile = {log}\n",
+                 logfile = {log}\n\
+                 pidfile = {pid}\n",
                 users = dir.join("users.txt").display(),
                 log = dir.join("pgbouncer.log").display(),
+                pid = dir.join("pgbouncer.pid").display(),
             ),
         )
         .unwrap();
@@ -75,18 +82,27 @@ impl Bouncer {
             .unwrap()
             .lines()
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-        let mut cmd = if root {
+        // Each process in the chain dies with its parent (a test that
+        // panics or is killed leaves no pgbouncer behind).
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL"]);
+        if root {
             Command::new("chown")
                 .args(["-R", SERVER_USER])
                 .arg(&dir)
                 .status()
                 .expect("chown the pgbouncer dir");
-            let mut c = Command::new("runuser");
-            c.args(["-u", SERVER_USER, "--", PGBOUNCER]);
-            c
-        } else {
-            Command::new(PGBOUNCER)
-        };
+            cmd.args([
+                "runuser",
+                "-u",
+                SERVER_USER,
+                "--",
+                "setpriv",
+                "--pdeathsig",
+                "KILL",
+            ]);
+        }
+        cmd.arg(PGBOUNCER);
         let child = cmd
             .arg(dir.join("pgbouncer.ini"))
             .current_dir(&dir)
