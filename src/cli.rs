@@ -153,7 +153,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             idemq_worker::run(pool, settings, shutdown).await
         }
         Command::Migrate => {
-            let pool = connect(&cli.db).await?;
+            // Migrations take session locks and build indexes outside a
+            // transaction: never through a transaction-mode pooler.
+            let pool = match cli.db.listen_database_url.as_deref().filter(|u| !u.is_empty()) {
+                Some(direct) => connect_url(direct, cli.db.api_pool()).await?,
+                None => connect(&cli.db).await?,
+            };
             idemq_core::db::migrate(&pool).await.context("migrating")?;
             println!("migrations applied");
             Ok(())
@@ -311,7 +316,12 @@ pub async fn connect_sized(db: &DatabaseConfig, max_connections: u32) -> anyhow:
         .database_url
         .as_deref()
         .context("DATABASE_URL is not set (only `idemq dev` can do without it)")?;
-    connect_url(url, max_connections).await
+    match db.listen_database_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(direct) => idemq_core::db::connect_pooled(url, direct, max_connections)
+            .await
+            .with_context(|| format!("connecting to DATABASE_URL ({}) as a pooler", redact(url))),
+        None => connect_url(url, max_connections).await,
+    }
 }
 
 pub async fn connect_url(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -85,7 +85,7 @@ impl TokenCache {
         let cache = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                match PgListener::connect_with(&pool).await {
+                match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
                     Ok(mut listener) => match listener.listen(REVOKED_CHANNEL).await {
                         Ok(()) => {
                             let Some(c) = cache.upgrade() else { return };

@@ -38,7 +38,7 @@ impl Waiters {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                match PgListener::connect_with(&pool).await {
+                match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
                     Ok(mut listener) => {
                         if let Err(e) = listener.listen(FINISHED_CHANNEL).await {
                             tracing::warn!(error = %e, "cannot LISTEN for finished operations");

@@ -27,6 +27,7 @@ use clap::{Args, Subcommand};
 pub use report::Report;
 pub use scenarios::{
     ChaosArgs, CleanupArgs, DrainArgs, EnqueueArgs, LatencyArgs, LimitedArgs, PaymentsArgs, ReplayArgs,
+    ScaleArgs,
 };
 
 /// `idemq bench …`
@@ -85,6 +86,10 @@ pub enum Scenario {
     /// once at half-way (on a private cluster of its own): operations lost,
     /// invoices paid twice, 5xx answers, recovery time. Not part of `all`.
     Chaos(ChaosArgs),
+    /// Payments under each fleet shape (1 and 2 API processes × 1, 2 and 4
+    /// workers), each on a fresh database: operations/s, and per operation
+    /// the Postgres CPU time, commits and WAL bytes. Not part of `all`.
+    Scale(ScaleArgs),
     /// Every scenario above with its defaults (but `chaos`).
     All,
 }

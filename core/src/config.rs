@@ -90,6 +90,15 @@ pub struct DatabaseConfig {
     #[arg(long, env = "IDEMQ_DB_MAX_CONNECTIONS", value_name = "IDEMQ_DB_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: Option<u32>,
+    /// A direct Postgres URL for sessions (LISTEN, the notifier). Set when
+    /// DATABASE_URL is a transaction-mode pooler (PgBouncer): statements then
+    /// run through it, one transaction per pool checkout (see README).
+    #[arg(
+        long,
+        env = "IDEMQ_LISTEN_DATABASE_URL",
+        value_name = "IDEMQ_LISTEN_DATABASE_URL"
+    )]
+    pub listen_database_url: Option<String>,
 }
 
 impl DatabaseConfig {

@@ -1,9 +1,16 @@
 //! Pool and migrations (ours and apalis's).
 pub mod apalis_overrides;
 
-use std::time::Duration;
+use std::{
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    Executor, PgPool,
+};
 
 use crate::Error;
 
@@ -36,6 +43,75 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .await?;
     Ok(pool)
 }
+
+/// Every checkout of a pooled connection is one explicit transaction. A
+/// transaction-mode pooler (PgBouncer `pool_mode = transaction`, 1.18 has no
+/// prepared-statement support there) hands a server connection out per
+/// transaction; sqlx parses a statement with parameters in one Sync and binds
+/// it in the next, so outside a transaction the two halves can land on
+/// different servers ("prepared statement … does not exist"). Inside one
+/// they cannot. Warnings are silenced for the checkout: a `BEGIN` of our own
+/// code inside it only warns "already in a transaction".
+const CHECKOUT_BEGIN: &str = "BEGIN; SET LOCAL client_min_messages = error";
+/// Ends the checkout's transaction if our code has not (its `COMMIT` ends
+/// it otherwise), without the warning a bare `COMMIT` outside one gives; the
+/// `RESET` is in the same message, so on the same server.
+const CHECKOUT_END: &str = "SET client_min_messages = error; COMMIT; RESET client_min_messages";
+
+/// Sessions of their own (LISTEN, session settings) for pools that reach
+/// Postgres through a transaction-mode pooler, keyed by the pooled pool's
+/// connect options (shared by its clones).
+static SESSION_POOLS: Mutex<Vec<(usize, PgPool)>> = Mutex::new(Vec::new());
+
+fn pool_key(pool: &PgPool) -> usize {
+    Arc::as_ptr(&pool.connect_options()) as usize
+}
+
+/// The pool to open session connections from (LISTEN, a notifier's own
+/// connection): the direct one registered by [`connect_pooled`], else `pool`.
+pub fn session_pool(pool: &PgPool) -> PgPool {
+    let key = pool_key(pool);
+    SESSION_POOLS
+        .lock()
+        .ok()
+        .and_then(|pools| pools.iter().find(|(k, _)| *k == key).map(|(_, p)| p.clone()))
+        .unwrap_or_else(|| pool.clone())
+}
+
+/// A pool whose statements go through a transaction-mode pooler at
+/// `pooler_url`, and whose sessions (see [`session_pool`]) go straight to
+/// Postgres at `direct_url`. The pooler must reset server connections after
+/// each transaction (PgBouncer `server_reset_query = DEALLOCATE ALL`,
+/// `server_reset_query_always = 1`): sqlx names its statements per client
+/// connection, and with its cache off leaves them on the server.
+pub async fn connect_pooled(
+    pooler_url: &str,
+    direct_url: &str,
+    max_connections: u32,
+) -> Result<PgPool, Error> {
+    let options = PgConnectOptions::from_str(pooler_url)?.statement_cache_capacity(0);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        // A new connection is handed out without `before_acquire`.
+        .after_connect(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_BEGIN).await.map(|_| ()) }))
+        .before_acquire(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_BEGIN).await.map(|_| true) }))
+        .after_release(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_END).await.map(|_| true) }))
+        .connect_with(options)
+        .await?;
+    let sessions = PgPoolOptions::new()
+        .max_connections(SESSION_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(direct_url)?;
+    if let Ok(mut pools) = SESSION_POOLS.lock() {
+        pools.push((pool_key(&pool), sessions));
+    }
+    Ok(pool)
+}
+
+/// Session connections a process opens: the LISTENs of the API (completions,
+/// revocations) or the worker (job inserts), and each notifier's own.
+const SESSION_CONNECTIONS: u32 = 6;
 
 /// apalis's schema first, then ours (which may index apalis's tables), then
 /// our overrides of apalis's schema again: on an existing database a newer

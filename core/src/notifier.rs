@@ -159,7 +159,8 @@ async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
 /// never reaches another user), its commits asynchronous: a notice is
 /// worthless after a server crash anyway.
 async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    let mut conn = pool.acquire().await?.detach();
+    // A session of its own: straight to Postgres when the pool is pooled.
+    let mut conn = crate::db::session_pool(pool).acquire().await?.detach();
     sqlx::query!("SET synchronous_commit = off")
         .execute(&mut conn)
         .await?;

@@ -212,3 +212,37 @@ async fn chaos() {
     assert!(s["results"]["postgres_back_to_last_final_s"].is_number(), "{s:#}");
     assert_rss(s, &["api", "worker-1", "worker-2", "worker-3", "worker-4"]);
 }
+
+/// `bench scale` at tiny sizes: every shape asked for runs on its own
+/// database, pays every invoice once, and reports its cost per operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale() {
+    let doc = bench(&[
+        "scale",
+        "--invoices",
+        "30",
+        "--clients",
+        "4",
+        "--apis",
+        "1,2",
+        "--workers",
+        "1,2",
+    ])
+    .await;
+    let s = scenario(&doc, "scale");
+    for shape in ["1a1w", "1a2w", "2a1w", "2a2w"] {
+        positive(s, &format!("ops_per_s_{shape}"));
+        positive(s, &format!("commits_per_op_{shape}"));
+        positive(s, &format!("wal_kib_per_op_{shape}"));
+        // The test server runs on this machine: its CPU is measured.
+        assert!(
+            s["results"][format!("pg_cpu_ms_per_op_{shape}")].is_number(),
+            "{s:#}"
+        );
+    }
+    let checks = s["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().filter(|c| c["name"] == "invoices paid").count() == 4,
+        "{s:#}"
+    );
+}

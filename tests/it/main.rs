@@ -20,6 +20,7 @@ mod observability;
 mod openapi;
 mod ops;
 mod payments;
+mod pgbouncer;
 mod property;
 mod queue_schema;
 mod rate_limit;

@@ -165,7 +165,7 @@ impl JobNotices {
 
     async fn listen(&self, pool: PgPool) {
         loop {
-            match PgListener::connect_with(&pool).await {
+            match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
                 Ok(mut listener) => match listener.listen(JOB_INSERT_CHANNEL).await {
                     Ok(()) => {
                         self.wake(None);

@@ -8,6 +8,7 @@ mod latency;
 mod limited;
 mod payments;
 mod replay;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ pub use latency::LatencyArgs;
 pub use limited::LimitedArgs;
 pub use payments::PaymentsArgs;
 pub use replay::ReplayArgs;
+pub use scale::ScaleArgs;
 
 use crate::{
     fleet::Fleet,
@@ -71,6 +73,7 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
         Scenario::Limited(_) => "limited",
         Scenario::Cleanup(_) => "cleanup",
         Scenario::Chaos(_) => "chaos",
+        Scenario::Scale(_) => "scale",
         Scenario::All => unreachable!("expanded by run"),
     };
     // Runs on a private cluster of its own (it restarts Postgres).
@@ -110,6 +113,7 @@ async fn run_one(server: &Server, scenario: &Scenario) -> Report {
         Scenario::Replay(a) => replay::run(server, &db, a, &mut report).await,
         Scenario::Limited(a) => limited::run(server, &db, a, &mut report).await,
         Scenario::Cleanup(a) => cleanup::run(server, &db, a, &mut report).await,
+        Scenario::Scale(a) => scale::run(server, &db, a, &mut report).await,
         Scenario::Chaos(_) | Scenario::All => unreachable!(),
     };
     if let Err(e) = result {
