@@ -1,5 +1,5 @@
 //! Bearer-token authentication (issue 2).
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -66,7 +66,7 @@ async fn tokens_are_stored_only_as_sha256_hashes() {
     use sha2::Digest;
     assert_eq!(stored[0], sha2::Sha256::digest(app.token.as_bytes()).to_vec());
     // And the token works.
-    let r = app.request(Method::GET, "/invoices/none").send().await.unwrap();
+    let r = app.get("/invoices/none").response().await;
     assert_problem(&r, StatusCode::NOT_FOUND);
 }
 

@@ -53,12 +53,11 @@ async fn control_characters_in_path_ids_and_text_fields_are_400_and_nothing_is_r
     ];
     for (i, (method, path, body)) in body_cases.into_iter().enumerate() {
         let r = app
-            .request(method.clone(), path)
-            .header("Idempotency-Key", format!("k-body-{i}"))
+            .call(method.clone(), path)
+            .key(&format!("k-body-{i}"))
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .response()
+            .await;
         assert_eq!(header(&r, "retry-after"), None, "{method} {path} {body}");
         let problem = expect_problem(r, StatusCode::BAD_REQUEST, "invalid-body").await;
         let detail = problem["detail"].as_str().unwrap();
@@ -474,13 +473,11 @@ fn an_overflowing_duration_setting_is_refused_at_start_by_name() {
         // The first is representable (and would overflow downstream), the
         // second is not even representable.
         for value in ["600000000years", "600000000000years"] {
-            let out = std::process::Command::new(idemq_bin())
-                .arg("worker")
+            let out = idemq(["worker"])
                 .env_clear()
                 .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
                 .env(var, value)
-                .output()
-                .unwrap();
+                .output_blocking();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{var}={value}: {stderr}");
             assert!(stderr.contains(var), "{var}={value}: {stderr}");
@@ -497,13 +494,12 @@ fn an_overflowing_duration_setting_is_refused_at_start_by_name() {
 
 /// `POST /meter-readings` with a raw body, so that the number is spelled as given.
 async fn record_raw(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
-    app.request(Method::POST, "/meter-readings")
-        .header("Idempotency-Key", key)
+    app.post("/meter-readings")
+        .key(key)
         .header("content-type", "application/json")
         .body(body.to_owned())
-        .send()
+        .response()
         .await
-        .unwrap()
 }
 
 #[tokio::test]
