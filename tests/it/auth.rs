@@ -12,22 +12,19 @@ async fn missing_or_invalid_token_is_a_401_problem() {
     let body = serde_json::json!({ "paymentMethod": "card" });
 
     let none = app
-        .client
-        .patch(&url)
-        .header("Idempotency-Key", "k")
+        .patch("/invoices/123/mark-paid")
+        .anonymous()
+        .key("k")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let wrong = app
-        .client
-        .patch(&url)
-        .bearer_auth("idq_not-a-token")
-        .header("Idempotency-Key", "k")
+        .patch("/invoices/123/mark-paid")
+        .token("idq_not-a-token")
+        .key("k")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let basic = app
         .client
         .patch(&url)

@@ -199,12 +199,10 @@ async fn a_closed_pool_is_503_with_retry_after_and_nothing_recorded() {
     tokio::spawn(idemq_api::serve(listener, state, shutdown));
     let client = reqwest::Client::new();
     // A first read caches the token, so that authentication needs no database.
-    let r = client
-        .get(format!("{addr}/invoices/inv-1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = Call::to(&client, &addr, Method::GET, "/invoices/inv-1")
+        .token(&token)
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Closing waits for connections held by listeners: do not wait for it.
@@ -216,23 +214,19 @@ async fn a_closed_pool_is_503_with_retry_after_and_nothing_recorded() {
     })
     .await;
 
-    let r = client
-        .patch(format!("{addr}/invoices/inv-1/mark-paid"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "k-1")
+    let r = Call::to(&client, &addr, Method::PATCH, "/invoices/inv-1/mark-paid")
+        .token(&token)
+        .key("k-1")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(header(&r, "retry-after"), Some("1"));
     let problem = expect_problem(r, StatusCode::SERVICE_UNAVAILABLE, "service-unavailable").await;
     assert_eq!(problem.get("errorId"), None, "{problem}");
-    let r = client
-        .get(format!("{addr}/invoices/inv-1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = Call::to(&client, &addr, Method::GET, "/invoices/inv-1")
+        .token(&token)
+        .response()
+        .await;
     assert_eq!(header(&r, "retry-after"), Some("1"));
     expect_problem(r, StatusCode::SERVICE_UNAVAILABLE, "service-unavailable").await;
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM operations")

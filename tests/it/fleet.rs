@@ -463,22 +463,6 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
     }
 }
 
-/// `eventually` with its own deadline.
-async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------- database loss
 
 /// The API in-process on a database of a private cluster.
@@ -834,10 +818,9 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
     let asked = Instant::now();
     worker.sigterm();
     // Submitted once the worker is stopping: it must wait for another worker.
-    while !worker.output().contains("stopping: no new jobs") {
-        assert!(asked.elapsed() < DEADLINE, "{}", worker.output());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    worker
+        .wait_output("stopping: no new jobs", DEADLINE.saturating_sub(asked.elapsed()))
+        .await;
     let late = submit(&app, "inv-4", "k-4").await;
     // Its job is in the queue, free, while the worker finishes the three
     // others (2 s each): it could take it, and must not.

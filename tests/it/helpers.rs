@@ -304,14 +304,26 @@ impl TestApp {
 }
 
 /// Waits until `check` holds, polling, or panics after `DEADLINE`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// `eventually` with its own deadline.
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -58,14 +58,12 @@ async fn principals_have_independent_budgets_and_reads_their_own() {
     // Another principal is not limited.
     let other = app.token_for("other").await;
     let r = app
-        .client
-        .patch(format!("{}/invoices/123/mark-paid", app.addr))
-        .bearer_auth(&other)
-        .header("Idempotency-Key", "other-1")
+        .patch("/invoices/123/mark-paid")
+        .token(&other)
+        .key("other-1")
         .json(&serde_json::json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // Reads are another class: the limited principal still reads.
     let r = app.get("/invoices/123").response().await;

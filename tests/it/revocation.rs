@@ -19,12 +19,10 @@ fn idemq_token(db_url: &str, args: &[&str]) -> Output {
 }
 
 async fn status(client: &reqwest::Client, api: &ApiProcess, token: &str) -> StatusCode {
-    client
-        .get(format!("{}/invoices/inv-1", api.url))
-        .bearer_auth(token)
-        .send()
+    Call::to(client, &api.url, reqwest::Method::GET, "/invoices/inv-1")
+        .token(token)
+        .response()
         .await
-        .unwrap()
         .status()
 }
 
