@@ -8,14 +8,12 @@ use crate::helpers::*;
 
 /// `PATCH /applications/{id}/{action}` with `Prefer: wait=10`.
 async fn decide(app: &TestApp, id: &str, action: &str, key: &str, body: Value) -> Answer {
-    let r = app
-        .patch(&format!("/applications/{id}/{action}"))
+    app.patch(&format!("/applications/{id}/{action}"))
         .key(key)
         .header("Prefer", "wait=10")
         .json(&body)
-        .response()
-        .await;
-    Answer::read(r).await
+        .send()
+        .await
 }
 
 async fn application_row(app: &TestApp, id: &str) -> (String, i32, Option<String>, Option<String>) {

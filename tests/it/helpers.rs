@@ -253,19 +253,15 @@ impl TestApp {
 
     /// `PATCH /invoices/{id}/mark-paid` with a key.
     pub async fn mark_paid(&self, invoice: &str, key: &str) -> Response {
-        self.request(Method::PATCH, &format!("/invoices/{invoice}/mark-paid"))
-            .header("Idempotency-Key", key)
+        self.patch(&format!("/invoices/{invoice}/mark-paid"))
+            .key(key)
             .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
+            .response()
             .await
-            .unwrap()
     }
 
     pub async fn get_operation(&self, id: &str) -> Response {
-        self.request(Method::GET, &format!("/operations/{id}"))
-            .send()
-            .await
-            .unwrap()
+        self.get(&format!("/operations/{id}")).response().await
     }
 
     /// Polls the operation until it is final; panics after the deadline.
@@ -273,13 +269,12 @@ impl TestApp {
         let started = Instant::now();
         loop {
             let r = self
-                .request(Method::GET, &format!("/operations/{id}"))
+                .get(&format!("/operations/{id}"))
                 .header("Prefer", "wait=5")
                 .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            let op: Value = r.json().await.unwrap();
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+            let op = r.json();
             if op["status"] == "succeeded" || op["status"] == "failed" {
                 return op;
             }
@@ -520,12 +515,7 @@ impl TestApp {
 
     /// A mutating request with a key and a JSON body.
     pub async fn send(&self, method: Method, path: &str, key: &str, body: Value) -> Response {
-        self.request(method, path)
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.call(method, path).key(key).json(&body).response().await
     }
 
     pub async fn insert_application(&self, id: &str) {

@@ -7,14 +7,12 @@ use crate::helpers::*;
 
 /// `POST /meter-readings` with `Prefer: wait=10`.
 async fn record(app: &TestApp, key: &str, body: Value) -> Answer {
-    let r = app
-        .post("/meter-readings")
+    app.post("/meter-readings")
         .key(key)
         .header("Prefer", "wait=10")
         .json(&body)
-        .response()
-        .await;
-    Answer::read(r).await
+        .send()
+        .await
 }
 
 async fn readings(app: &TestApp, contract: &str) -> Vec<String> {
