@@ -6,9 +6,12 @@
 //! design requires for every refusal, that formatting was a fifth of the
 //! API's work (`idemq bench limited`: 0.74 of `/healthz` with it, 0.86 with
 //! the plain-text formatter, 0.87 without the line). This formatter writes
-//! the same shape — `timestamp`, `level`, the event's fields (`message`
-//! first), `target`, and `span` with the current span's fields and `name` —
-//! escaping strings itself and copying the span's stored JSON as it is.
+//! the same shape as tracing-subscriber's
+//! `.json().flatten_event(true).with_span_list(true)` — `timestamp`, `level`,
+//! the event's fields (`message` first), `target`, `span` with the current
+//! span's fields and `name`, and `spans`, every enclosing span root first —
+//! escaping strings itself and copying the spans' stored JSON as it is. A
+//! test below compares its lines with tracing-subscriber's.
 use std::fmt::{self, Write as _};
 
 use tracing::{
@@ -57,28 +60,53 @@ where
         event.record(&mut rest);
         line.push_str(",\"target\":");
         escaped(&mut line, meta.target());
-        if let Some(span) = ctx.lookup_current() {
-            line.push_str(",\"span\":{");
-            let ext = span.extensions();
-            if let Some(stored) = ext.get::<FormattedFields<JsonFields>>() {
-                // A JSON object (`{"a":1}`) or empty: its members, then ours.
-                let members = stored.fields.trim();
-                let members = members
-                    .strip_prefix('{')
-                    .and_then(|m| m.strip_suffix('}'))
-                    .unwrap_or("");
-                if !members.is_empty() {
-                    line.push_str(members);
-                    line.push(',');
+        // `span`: the current span; `spans`: the whole stack, root first, so
+        // that an attempt's line still carries its job's operation id.
+        let current = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = current {
+            line.push_str(",\"span\":");
+            span_object(&mut line, &span);
+            line.push_str(",\"spans\":[");
+            if let Some(scope) = ctx.event_scope() {
+                for (i, span) in scope.from_root().enumerate() {
+                    if i > 0 {
+                        line.push(',');
+                    }
+                    span_object(&mut line, &span);
                 }
             }
-            line.push_str("\"name\":");
-            escaped(&mut line, span.name());
-            line.push('}');
+            line.push(']');
         }
         line.push_str("}\n");
         writer.write_str(&line)
     }
+}
+
+/// `{"field":…,"name":"span name"}`: the span's stored JSON fields, then its name.
+fn span_object<S>(line: &mut String, span: &tracing_subscriber::registry::SpanRef<'_, S>)
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    line.push('{');
+    let ext = span.extensions();
+    if let Some(stored) = ext.get::<FormattedFields<JsonFields>>() {
+        // A JSON object (`{"a":1}`) or empty: its members, then ours.
+        let members = stored.fields.trim();
+        let members = members
+            .strip_prefix('{')
+            .and_then(|m| m.strip_suffix('}'))
+            .unwrap_or("");
+        if !members.is_empty() {
+            line.push_str(members);
+            line.push(',');
+        }
+    }
+    line.push_str("\"name\":");
+    escaped(line, span.name());
+    line.push('}');
 }
 
 struct Fields<'a> {
@@ -241,5 +269,76 @@ mod tests {
         assert!(text.lines().next().unwrap().starts_with("{\"timestamp\""));
         assert_eq!(lines[1]["message"], "outside");
         assert_eq!(lines[1].get("span"), None);
+    }
+
+    /// Lines as tracing-subscriber's own JSON formatter writes them.
+    fn lines_of<S>(subscriber: S, out: &Captured, emit: impl FnOnce()) -> Vec<Value>
+    where
+        S: Subscriber + Send + Sync + 'static,
+    {
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                // The only field that differs from one run to the next.
+                v.as_object_mut().unwrap().remove("timestamp");
+                v
+            })
+            .collect()
+    }
+
+    /// Nested spans (a job's `attempt` inside its `job` span) and an event
+    /// outside any span: the same objects as tracing-subscriber's
+    /// `json().flatten_event(true).with_span_list(true)`. (An event with an
+    /// explicit `parent:` is left out: tracing-subscriber then lists the
+    /// entered spans under `spans` but the parent under `span`; ours lists the
+    /// parent's stack for both.)
+    #[test]
+    fn lines_equal_tracing_subscribers_json_with_the_whole_span_stack() {
+        let emit = || {
+            tracing::info!(answer = 42u64, "before any span");
+            let job = tracing::info_span!("job", operation = %"op_0192");
+            let _job = job.enter();
+            tracing::info!("in the job");
+            let attempt = tracing::info_span!("attempt", kind = "invoice.mark_paid", attempt = 2);
+            let _attempt = attempt.enter();
+            tracing::warn!(
+                error = %"deadlock \"detected\"",
+                retryable = true,
+                ratio = 0.25,
+                delta = -3i64,
+                "attempt failed: {}",
+                "x\ty"
+            );
+        };
+        let ours = Captured::default();
+        let ours_lines = lines_of(
+            tracing_subscriber::fmt()
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLine)
+                .with_writer(ours.clone())
+                .finish(),
+            &ours,
+            emit,
+        );
+        let theirs = Captured::default();
+        let theirs_lines = lines_of(
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(theirs.clone())
+                .finish(),
+            &theirs,
+            emit,
+        );
+        assert_eq!(ours_lines.len(), 3);
+        assert_eq!(ours_lines, theirs_lines);
+        // The attempt's line carries the job's operation id.
+        assert_eq!(ours_lines[2]["spans"][0]["operation"], "op_0192");
+        assert_eq!(ours_lines[2]["spans"][1]["attempt"], 2);
+        assert_eq!(ours_lines[2]["span"]["name"], "attempt");
     }
 }

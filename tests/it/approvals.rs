@@ -8,15 +8,12 @@ use crate::helpers::*;
 
 /// `PATCH /applications/{id}/{action}` with `Prefer: wait=10`.
 async fn decide(app: &TestApp, id: &str, action: &str, key: &str, body: Value) -> Answer {
-    let r = app
-        .request(Method::PATCH, &format!("/applications/{id}/{action}"))
-        .header("Idempotency-Key", key)
+    app.patch(&format!("/applications/{id}/{action}"))
+        .key(key)
         .header("Prefer", "wait=10")
         .json(&body)
         .send()
         .await
-        .unwrap();
-    Answer::read(r).await
 }
 
 async fn application_row(app: &TestApp, id: &str) -> (String, i32, Option<String>, Option<String>) {
@@ -65,11 +62,7 @@ async fn approval_answers_the_application_and_its_new_contract() {
         1
     );
     // The read model shows the same.
-    let r = app
-        .request(Method::GET, "/applications/app-1")
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/applications/app-1").response().await;
     assert_eq!(r.status(), StatusCode::OK);
     let read: Value = r.json().await.unwrap();
     assert_eq!(read["application"]["status"], "APPROVED");
@@ -83,12 +76,11 @@ async fn an_empty_body_approves_too() {
     app.start_worker().await;
 
     let r = app
-        .request(Method::PATCH, "/applications/app-1/approve")
-        .header("Idempotency-Key", "key-1")
+        .patch("/applications/app-1/approve")
+        .key("key-1")
         .header("Prefer", "wait=10")
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
 
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
@@ -131,10 +123,9 @@ async fn rejection_with_a_reason_rejects_and_creates_no_contract() {
         1
     );
     let read: Value = app
-        .request(Method::GET, "/applications/app-1")
-        .send()
+        .get("/applications/app-1")
+        .response()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -1,5 +1,5 @@
 //! Bearer-token authentication (issue 2).
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -12,22 +12,19 @@ async fn missing_or_invalid_token_is_a_401_problem() {
     let body = serde_json::json!({ "paymentMethod": "card" });
 
     let none = app
-        .client
-        .patch(&url)
-        .header("Idempotency-Key", "k")
+        .patch("/invoices/123/mark-paid")
+        .anonymous()
+        .key("k")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let wrong = app
-        .client
-        .patch(&url)
-        .bearer_auth("idq_not-a-token")
-        .header("Idempotency-Key", "k")
+        .patch("/invoices/123/mark-paid")
+        .token("idq_not-a-token")
+        .key("k")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let basic = app
         .client
         .patch(&url)
@@ -66,7 +63,7 @@ async fn tokens_are_stored_only_as_sha256_hashes() {
     use sha2::Digest;
     assert_eq!(stored[0], sha2::Sha256::digest(app.token.as_bytes()).to_vec());
     // And the token works.
-    let r = app.request(Method::GET, "/invoices/none").send().await.unwrap();
+    let r = app.get("/invoices/none").response().await;
     assert_problem(&r, StatusCode::NOT_FOUND);
 }
 

@@ -2,29 +2,26 @@
 //! against the test server: every scenario runs, reports its figures, and
 //! finds the results correct. Figures are not judged here (the test cluster
 //! runs with fsync off and shares the machine with the other tests).
-use std::process::Stdio;
-
 use serde_json::Value;
 
-use crate::helpers::{fresh_db, idemq_bin};
+use crate::helpers::{fresh_db, idemq};
 
 /// Runs `idemq bench ARGS --json` on the test server; the parsed document.
 async fn bench(args: &[&str]) -> Value {
     let db = fresh_db().await;
     let dir = std::env::temp_dir().join(format!("idemq-bench-smoke-{}", uuid::Uuid::new_v4().simple()));
-    let out = tokio::process::Command::new(idemq_bin())
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .arg("--dir")
-        .arg(&dir)
+    let dir_arg = dir.display().to_string();
+    let all = ["bench"]
+        .iter()
+        .chain(args)
+        .chain(&["--json", "--dir", &dir_arg])
+        .copied()
+        .collect::<Vec<&str>>();
+    let out = idemq(all)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
-        .await
-        .expect("run idemq bench");
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -4,9 +4,7 @@
 //! `idemq cleanup`.
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -393,102 +391,45 @@ async fn a_cleanup_stopped_before_it_starts_deletes_nothing() {
 
 // --- Real worker processes ---
 
-/// Real `idemq` processes with their stderr (JSON logs) collected. Killed
-/// when dropped, so that a failing test leaves none behind.
-struct Procs {
-    children: Vec<(Child, Arc<Mutex<Vec<String>>>)>,
-}
+/// Real `idemq worker` processes (tests/it/harness.rs), JSON logs.
+struct Procs(Vec<Proc>);
 
 impl Procs {
     fn new() -> Self {
-        Procs { children: Vec::new() }
+        Procs(Vec::new())
     }
 
     /// Starts `idemq worker` on `db_url` with these extra variables; returns its index.
     fn spawn_worker(&mut self, db_url: &str, env: &[(&str, &str)]) -> usize {
-        let mut cmd = Command::new(idemq_bin());
-        cmd.arg("worker")
+        let worker = idemq(["worker"])
             .env_clear()
             .env("DATABASE_URL", db_url)
             .env("IDEMQ_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,idemq_worker::cleanup=debug")
             .env("IDEMQ_DB_MAX_CONNECTIONS", "5")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn idemq worker");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        self.children.push((child, lines));
-        self.children.len() - 1
+            .envs(env)
+            .spawn();
+        self.0.push(worker);
+        self.0.len() - 1
     }
 
-    /// The log messages of process `i` (JSON lines), with their fields.
+    /// The log lines of process `i` (JSON), with their fields.
     fn logs(&self, i: usize) -> Vec<Value> {
-        self.children[i]
-            .1
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
+        self.0[i].json_logs()
     }
 
+    /// The log messages of process `i` whose message starts so, with their fields.
     fn messages(&self, i: usize, starting_with: &str) -> Vec<Value> {
-        self.logs(i)
-            .into_iter()
-            .filter(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(starting_with))
-            })
-            .collect()
+        self.0[i].messages(starting_with)
     }
 
     fn raw_logs(&self, i: usize) -> String {
-        self.children[i].1.lock().unwrap().join("\n")
+        self.0[i].log()
     }
 
     /// SIGTERM to each, then waits (with the deadline) until all have exited.
     async fn terminate(&mut self) -> Vec<ExitStatus> {
-        for (child, _) in &self.children {
-            let ok = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "kill -TERM {}", child.id());
-        }
-        let started = Instant::now();
-        let mut exits = vec![None; self.children.len()];
-        while exits.iter().any(Option::is_none) {
-            for (i, (child, _)) in self.children.iter_mut().enumerate() {
-                if exits[i].is_none() {
-                    exits[i] = child.try_wait().unwrap();
-                }
-            }
-            assert!(started.elapsed() < DEADLINE, "workers did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        exits.into_iter().map(Option::unwrap).collect()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        terminate_all(&mut self.0, DEADLINE).await
     }
 }
 
@@ -692,17 +633,12 @@ async fn idemq_cleanup_runs_once_and_prints_the_counts_per_table() {
     insert_expired_operations(&db.pool, principal.id(), "expired", 3).await;
     let url = db.url.clone();
 
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(idemq_bin())
-            .arg("cleanup")
-            .env_clear()
-            .env("DATABASE_URL", url)
-            .env("IDEMQ_LOG_FORMAT", "json")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = idemq(["cleanup"])
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("IDEMQ_LOG_FORMAT", "json")
+        .output()
+        .await;
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -735,17 +671,12 @@ async fn idemq_cleanup_runs_once_and_prints_the_counts_per_table() {
 
 #[tokio::test]
 async fn an_invalid_schedule_stops_the_worker_at_start_naming_the_variable() {
-    let out = tokio::task::spawn_blocking(|| {
-        Command::new(idemq_bin())
-            .arg("worker")
-            .env_clear()
-            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-            .env("IDEMQ_CLEANUP_SCHEDULE", "0 2 * * *")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = idemq(["worker"])
+        .env_clear()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("IDEMQ_CLEANUP_SCHEDULE", "0 2 * * *")
+        .output()
+        .await;
 
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,10 +1,6 @@
 //! The ops console's switches (issue 17): pausing a queue holds fleet-wide,
 //! across worker processes and restarts, while the API keeps accepting.
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -13,65 +9,25 @@ use crate::{browser::Browser, helpers::*};
 
 const OPS_TOKEN: &str = "ops-secret";
 
-/// A real `idemq worker` process, killed when dropped.
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    async fn start(db_url: &str) -> Worker {
-        let log = std::env::temp_dir().join(format!(
-            "idemq-console-worker-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(idemq_bin())
-            .arg("worker")
-            .env("DATABASE_URL", db_url)
-            .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
-            .env("IDEMQ_WORKER_LEASE", "2s")
-            .env("IDEMQ_CLEANUP_ENABLED", "false")
-            .env("IDEMQ_LOG_FORMAT", "pretty")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn idemq worker");
-        let worker = Worker { child, log };
-        let started = Instant::now();
-        while !worker.log_text().contains("worker ready") {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "worker not ready:\n{}",
-                worker.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        worker
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// A real `idemq worker` process (poll 100 ms, lease 2 s), once ready.
+async fn start_worker(db_url: &str) -> Proc {
+    let mut worker = idemq(["worker"])
+        .env("DATABASE_URL", db_url)
+        .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+        .env("IDEMQ_WORKER_LEASE", "2s")
+        .env("IDEMQ_CLEANUP_ENABLED", "false")
+        .env("IDEMQ_LOG_FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .spawn();
+    worker.wait_output("worker ready", Duration::from_secs(30)).await;
+    worker
 }
 
 fn idemq_cli(db_url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(idemq_bin())
-        .args(args)
+    let out = idemq(args)
         .env("DATABASE_URL", db_url)
         .env("USER", "oncall")
-        .output()
-        .unwrap();
+        .output_blocking();
     (
         out.status.success(),
         format!(
@@ -83,18 +39,9 @@ fn idemq_cli(db_url: &str, args: &[&str]) -> (bool, String) {
 }
 
 async fn spawn_ops(app: &TestApp) -> String {
-    let state = idemq_api::ops::OpsState {
-        pool: idemq_core::db::connect(&app.db.url, 4).await.unwrap(),
-        token: OPS_TOKEN.into(),
-        metrics: None,
-        idempotency_ttl: Duration::from_secs(3600),
-        session: idemq_api::ops::auth::Sessions::new(false),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, idemq_api::ops::router(state)).await });
-    addr
+    spawn_ops_listener(app, OPS_TOKEN, false, tokio_util::sync::CancellationToken::new())
+        .await
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +51,7 @@ async fn a_paused_queue_runs_on_no_worker_of_the_fleet_until_resumed() {
     let client = reqwest::Client::new();
     // One worker process before the pause, one started while paused (as
     // after a restart or a deploy).
-    let _before = Worker::start(&app.db.url).await;
+    let _before = start_worker(&app.db.url).await;
     app.insert_invoice("warm").await;
     let warm: Value = app.mark_paid("warm", "warm").await.json().await.unwrap();
     assert_eq!(
@@ -118,7 +65,7 @@ async fn a_paused_queue_runs_on_no_worker_of_the_fleet_until_resumed() {
     assert!(ok && out.contains("already paused"), "{out}");
     let (ok, out) = idemq_cli(&app.db.url, &["queue", "pause", "payment"]);
     assert!(!ok && out.contains("there is no queue"), "{out}");
-    let _after = Worker::start(&app.db.url).await;
+    let _after = start_worker(&app.db.url).await;
 
     // The API keeps accepting and recording.
     let mut ids = Vec::new();
@@ -242,48 +189,16 @@ async fn in_a_browser_pause_holds_payments_and_resume_finishes_them() {
 /// arrives in the board's `LogEntry` shape, and no token does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_board_log_stream_carries_the_api_processes_own_lines() {
-    use std::io::{BufRead, BufReader};
     let app = spawn_app().await;
     app.insert_invoice("1").await;
     let token = app.token_for("streamer").await;
-    let mut child = Command::new(idemq_bin())
-        .arg("api")
-        .env("DATABASE_URL", &app.db.url)
-        .env("IDEMQ_API_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
-        .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
-        .env("IDEMQ_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
-    let (api, ops) = tokio::task::spawn_blocking(move || {
-        let (mut api, mut ops) = (None, None);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(u) = line.strip_prefix("api listening on ") {
-                api = Some(u.to_owned());
-            }
-            if let Some(u) = line.strip_prefix("ops listening on ") {
-                ops = Some(u.to_owned());
-            }
-            if api.is_some() && ops.is_some() {
-                break;
-            }
-        }
-        (api.expect("api address"), ops.expect("ops address"))
-    })
-    .await
-    .unwrap();
+    let api = api_listening(
+        api_command(&app.db.url)
+            .env("IDEMQ_OPS_TOKEN", OPS_TOKEN)
+            .env("IDEMQ_LOG_FORMAT", "json")
+            .spawn(),
+    );
+    let ops = api.ops.clone();
     let client = reqwest::Client::new();
     let mut events = client
         .get(format!("{ops}/api/v1/events"))
@@ -293,14 +208,12 @@ async fn the_board_log_stream_carries_the_api_processes_own_lines() {
         .unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     for _ in 0..2 {
-        let r = client
-            .patch(format!("{api}/invoices/1/mark-paid"))
-            .bearer_auth(&token)
-            .header("Idempotency-Key", "streamed")
+        let r = api
+            .call(reqwest::Method::PATCH, "/invoices/1/mark-paid", &token)
+            .key("streamed")
             .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
-            .await
-            .unwrap();
+            .response()
+            .await;
         assert!(r.status().is_success(), "{}", r.status());
     }
     let mut seen = String::new();

@@ -1,10 +1,5 @@
 //! `idemq dev` as a real process (issue 2).
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -12,35 +7,25 @@ use crate::helpers::*;
 async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
     let dir = std::env::temp_dir().join(format!("idemq-dev-test-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(idemq_bin())
-        .arg("dev")
+    let mut dev = idemq(["dev"])
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
         .env("IDEMQ_API_ADDR", "127.0.0.1:0")
         // Both listeners on ports of their own, so that runs side by side
         // (or a real `idemq dev`) do not collide on the default 3001.
         .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut banner = Vec::new();
-    let url = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("idemq dev printed no URL; got {banner:#?}"));
-        if let Some(url) = line.strip_prefix("api listening on ") {
-            break url.to_owned();
-        }
-        banner.push(line);
-    };
+        .spawn();
+    let url = dev
+        .wait_for("printed its URL", Duration::from_secs(60), |p| {
+            p.stdout_after("api listening on ")
+        })
+        .await;
+    // The lines before the URL.
+    let banner: Vec<String> = dev
+        .stdout_lines()
+        .into_iter()
+        .take_while(|l| !l.starts_with("api listening on "))
+        .collect();
     assert!(
         banner.iter().any(|l| l.contains("token      idq_")),
         "{banner:#?}"
@@ -81,15 +66,8 @@ async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
     assert!(dir.join(".idemq/pgdata/PG_VERSION").exists());
 
     // Ctrl-C stops everything, the cluster included.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    dev.sigint();
+    let exit = dev.wait_exit(Duration::from_secs(60)).await;
     assert!(exit.success(), "{exit:?}");
     assert!(
         !dir.join(".idemq/pgdata/postmaster.pid").exists(),

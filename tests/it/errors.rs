@@ -53,12 +53,11 @@ async fn control_characters_in_path_ids_and_text_fields_are_400_and_nothing_is_r
     ];
     for (i, (method, path, body)) in body_cases.into_iter().enumerate() {
         let r = app
-            .request(method.clone(), path)
-            .header("Idempotency-Key", format!("k-body-{i}"))
+            .call(method.clone(), path)
+            .key(&format!("k-body-{i}"))
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .response()
+            .await;
         assert_eq!(header(&r, "retry-after"), None, "{method} {path} {body}");
         let problem = expect_problem(r, StatusCode::BAD_REQUEST, "invalid-body").await;
         let detail = problem["detail"].as_str().unwrap();
@@ -200,12 +199,10 @@ async fn a_closed_pool_is_503_with_retry_after_and_nothing_recorded() {
     tokio::spawn(idemq_api::serve(listener, state, shutdown));
     let client = reqwest::Client::new();
     // A first read caches the token, so that authentication needs no database.
-    let r = client
-        .get(format!("{addr}/invoices/inv-1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = Call::to(&client, &addr, Method::GET, "/invoices/inv-1")
+        .token(&token)
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Closing waits for connections held by listeners: do not wait for it.
@@ -217,23 +214,19 @@ async fn a_closed_pool_is_503_with_retry_after_and_nothing_recorded() {
     })
     .await;
 
-    let r = client
-        .patch(format!("{addr}/invoices/inv-1/mark-paid"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "k-1")
+    let r = Call::to(&client, &addr, Method::PATCH, "/invoices/inv-1/mark-paid")
+        .token(&token)
+        .key("k-1")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(header(&r, "retry-after"), Some("1"));
     let problem = expect_problem(r, StatusCode::SERVICE_UNAVAILABLE, "service-unavailable").await;
     assert_eq!(problem.get("errorId"), None, "{problem}");
-    let r = client
-        .get(format!("{addr}/invoices/inv-1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = Call::to(&client, &addr, Method::GET, "/invoices/inv-1")
+        .token(&token)
+        .response()
+        .await;
     assert_eq!(header(&r, "retry-after"), Some("1"));
     expect_problem(r, StatusCode::SERVICE_UNAVAILABLE, "service-unavailable").await;
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM operations")
@@ -474,13 +467,11 @@ fn an_overflowing_duration_setting_is_refused_at_start_by_name() {
         // The first is representable (and would overflow downstream), the
         // second is not even representable.
         for value in ["600000000years", "600000000000years"] {
-            let out = std::process::Command::new(idemq_bin())
-                .arg("worker")
+            let out = idemq(["worker"])
                 .env_clear()
                 .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
                 .env(var, value)
-                .output()
-                .unwrap();
+                .output_blocking();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{var}={value}: {stderr}");
             assert!(stderr.contains(var), "{var}={value}: {stderr}");
@@ -497,13 +488,12 @@ fn an_overflowing_duration_setting_is_refused_at_start_by_name() {
 
 /// `POST /meter-readings` with a raw body, so that the number is spelled as given.
 async fn record_raw(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
-    app.request(Method::POST, "/meter-readings")
-        .header("Idempotency-Key", key)
+    app.post("/meter-readings")
+        .key(key)
         .header("content-type", "application/json")
         .body(body.to_owned())
-        .send()
+        .response()
         .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Repeats of succeeded requests are answered from the API's memory
 //! (api/src/final_answers.rs): the same bytes, without the database; other
 //! repeats still go to the database.
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -36,16 +36,13 @@ async fn a_repeat_of_a_succeeded_request_is_answered_from_memory_byte_for_byte()
     assert_eq!(from_memory.replayed.as_deref(), Some("true"));
     assert_eq!(from_memory.body, from_db.body, "{from_memory:?}");
     // With `Prefer: wait` too (it is final: nothing to wait for).
-    let waited = Answer::read(
-        app.request(Method::PATCH, "/invoices/123/mark-paid")
-            .header("Idempotency-Key", "key-paid")
-            .header("Prefer", "wait=5")
-            .json(&json!({ "paymentMethod": "card" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let waited = app
+        .patch("/invoices/123/mark-paid")
+        .key("key-paid")
+        .header("Prefer", "wait=5")
+        .json(&json!({ "paymentMethod": "card" }))
+        .send()
+        .await;
     assert_eq!(waited.body, from_db.body);
     assert_eq!(waited.preference_applied.as_deref(), Some("wait=5"));
 
@@ -82,15 +79,12 @@ async fn a_repeat_of_a_succeeded_request_is_answered_from_memory_byte_for_byte()
 
     // A different request under a kept key is the database's to judge: the
     // 422 of a reused key, never the kept 200.
-    let reused = Answer::read(
-        app.request(Method::PATCH, "/invoices/123/mark-paid")
-            .header("Idempotency-Key", "key-paid")
-            .json(&json!({ "paymentMethod": "cash" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reused = app
+        .patch("/invoices/123/mark-paid")
+        .key("key-paid")
+        .json(&json!({ "paymentMethod": "cash" }))
+        .send()
+        .await;
     assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{reused:?}");
     assert_eq!(reused.content_type.as_deref(), Some("application/problem+json"));
     assert_eq!(reused.replayed, None);

@@ -6,8 +6,6 @@
 //! Lease 2 s everywhere (heartbeat 400 ms), poll 100 ms. Measured recovery
 //! times are printed (`cargo test fleet:: -- --nocapture`).
 use std::{
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -31,140 +29,32 @@ const MARGIN: Duration = Duration::from_secs(6);
 
 // ---------------------------------------------------------------- harness
 
-/// A real `idemq worker` process. Killed (SIGKILL) when dropped; its log is
-/// printed if the test is failing.
-struct WorkerProc {
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl WorkerProc {
-    fn spawn(db_url: &str, env: &[(&str, &str)]) -> WorkerProc {
-        let dir = std::env::temp_dir().join("idemq-fleet-logs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("worker-{}.log", uuid::Uuid::new_v4().simple()));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(idemq_bin());
-        cmd.arg("worker")
-            .env("DATABASE_URL", db_url)
-            .env("IDEMQ_WORKER_LEASE", "2s")
-            .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
-            .env("IDEMQ_WORKER_CONCURRENCY", "4")
-            .env("IDEMQ_QUEUE_BATCH_SIZE", "10")
-            .env("IDEMQ_DB_MAX_CONNECTIONS", "20")
-            .env("IDEMQ_CLEANUP_ENABLED", "false")
-            .env("IDEMQ_LOG_FORMAT", "pretty")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .env("NO_COLOR", "1");
-        for var in [
-            "IDEMQ_FAULT_PANIC_INVOICE",
-            "IDEMQ_FAULT_PANIC_ATTEMPTS",
-            "IDEMQ_JOB_MAX_ATTEMPTS",
-            "IDEMQ_JOB_TIMEOUT",
-            "IDEMQ_SHUTDOWN_GRACE",
-            "IDEMQ_DB_LOST_GRACE",
-            "IDEMQ_RECONCILE_INTERVAL",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.envs(env.iter().copied());
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn idemq worker");
-        WorkerProc {
-            child,
-            log,
-            exited: None,
-        }
+/// A real `idemq worker` process of the fleet (lease 2 s, poll 100 ms, plain
+/// logs), `env` on top.
+fn spawn_worker(db_url: &str, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = idemq(["worker"])
+        .env("DATABASE_URL", db_url)
+        .env("IDEMQ_WORKER_LEASE", "2s")
+        .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
+        .env("IDEMQ_WORKER_CONCURRENCY", "4")
+        .env("IDEMQ_QUEUE_BATCH_SIZE", "10")
+        .env("IDEMQ_DB_MAX_CONNECTIONS", "20")
+        .env("IDEMQ_CLEANUP_ENABLED", "false")
+        .env("IDEMQ_LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env("NO_COLOR", "1");
+    for var in [
+        "IDEMQ_FAULT_PANIC_INVOICE",
+        "IDEMQ_FAULT_PANIC_ATTEMPTS",
+        "IDEMQ_JOB_MAX_ATTEMPTS",
+        "IDEMQ_JOB_TIMEOUT",
+        "IDEMQ_SHUTDOWN_GRACE",
+        "IDEMQ_DB_LOST_GRACE",
+        "IDEMQ_RECONCILE_INTERVAL",
+    ] {
+        cmd = cmd.env_remove(var);
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let started = Instant::now();
-        while !self.log_text().contains("worker ready") {
-            if let Some(status) = self.try_exit() {
-                panic!("worker exited before ready ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "worker not ready:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().unwrap();
-        }
-        self.exited
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.try_exit().is_none()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        self.exited = Some(self.child.wait().unwrap());
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM {}", self.pid());
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.try_exit() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < within,
-                "worker {} still running after {within:?}:\n{}",
-                self.pid(),
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!(
-                "--- worker {} log (last lines) ---\n{}",
-                self.child.id(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
+    cmd.envs(env).spawn()
 }
 
 async fn submit(app: &TestApp, invoice: &str, key: &str) -> String {
@@ -279,10 +169,10 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_within_the_lease()
     app.insert_invoice("inv-held").await;
     // The first attempt hangs in the database: the job is provably in flight.
     invoice_trigger(&app.db.pool, "IF attempt = 1 THEN PERFORM pg_sleep(60); END IF;").await;
-    let mut a = WorkerProc::spawn(&app.db.url, &[]);
-    let mut b = WorkerProc::spawn(&app.db.url, &[]);
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let mut a = spawn_worker(&app.db.url, &[]);
+    let mut b = spawn_worker(&app.db.url, &[]);
+    a.wait_output("worker ready", DEADLINE).await;
+    b.wait_output("worker ready", DEADLINE).await;
 
     let op = submit(&app, "inv-held", "k-held").await;
     await_sleepers(&app.db.pool, 1).await;
@@ -327,7 +217,7 @@ async fn a_job_that_kills_its_worker_every_time_stops_at_the_attempt_bound() {
     let env = [("IDEMQ_JOB_MAX_ATTEMPTS", "3")];
     let op = submit(&app, "inv-killer", "k-killer").await;
 
-    let mut worker = WorkerProc::spawn(&app.db.url, &env);
+    let mut worker = spawn_worker(&app.db.url, &env);
     let mut killed_at: Option<Instant> = None;
     for attempt in 1..=3 {
         eventually(&format!("attempt {attempt} in flight"), || {
@@ -346,7 +236,7 @@ async fn a_job_that_kills_its_worker_every_time_stops_at_the_attempt_bound() {
         // The job "kills its worker": the worker dies while it holds it.
         worker.kill9();
         killed_at = Some(Instant::now());
-        worker = WorkerProc::spawn(&app.db.url, &env);
+        worker = spawn_worker(&app.db.url, &env);
     }
     await_final_within(&app.db.pool, &op, LEASE + MARGIN).await;
 
@@ -385,9 +275,9 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
     // Jobs take 50–200 ms, so that kills find them in flight.
     invoice_trigger(&app.db.pool, "PERFORM pg_sleep(0.05 + random() * 0.15);").await;
 
-    let mut fleet: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(&app.db.url, &[])).collect();
+    let mut fleet: Vec<Proc> = (0..3).map(|_| spawn_worker(&app.db.url, &[])).collect();
     for w in &mut fleet {
-        w.wait_ready().await;
+        w.wait_output("worker ready", DEADLINE).await;
     }
     let started = Instant::now();
 
@@ -460,8 +350,8 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
                     continue;
                 };
                 fleet[victim].kill9();
-                fleet[victim] = WorkerProc::spawn(&url, &[]);
-                fleet[victim].wait_ready().await;
+                fleet[victim] = spawn_worker(&url, &[]);
+                fleet[victim].wait_output("worker ready", DEADLINE).await;
                 kills += 1;
                 killed_tx.send_replace(kills);
             }
@@ -569,23 +459,7 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
     })
     .await;
     for w in &mut fleet {
-        assert!(w.is_running(), "a worker died by itself:\n{}", w.log_text());
-    }
-}
-
-/// `eventually` with its own deadline.
-async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(w.is_running(), "a worker died by itself:\n{}", w.output());
     }
 }
 
@@ -607,14 +481,17 @@ impl Drop for OwnApi {
 
 impl OwnApi {
     async fn mark_paid(&self, invoice: &str, key: &str) -> reqwest::Response {
-        self.client
-            .patch(format!("{}/invoices/{invoice}/mark-paid", self.addr))
-            .bearer_auth(&self.token)
-            .header("Idempotency-Key", key)
-            .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
-            .await
-            .unwrap()
+        Call::to(
+            &self.client,
+            &self.addr,
+            reqwest::Method::PATCH,
+            &format!("/invoices/{invoice}/mark-paid"),
+        )
+        .token(&self.token)
+        .key(key)
+        .json(&serde_json::json!({ "paymentMethod": "card" }))
+        .response()
+        .await
     }
 }
 
@@ -673,10 +550,10 @@ async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_
     tokio::spawn(idemq_api::serve(listener, state, api.stop.clone()));
 
     // `steady` rides the outage out; `brittle` gives up after 2 s of it.
-    let mut steady = WorkerProc::spawn(&url, &[]);
-    let mut brittle = WorkerProc::spawn(&url, &[("IDEMQ_DB_LOST_GRACE", "2s")]);
-    steady.wait_ready().await;
-    brittle.wait_ready().await;
+    let mut steady = spawn_worker(&url, &[]);
+    let mut brittle = spawn_worker(&url, &[("IDEMQ_DB_LOST_GRACE", "2s")]);
+    steady.wait_output("worker ready", DEADLINE).await;
+    brittle.wait_output("worker ready", DEADLINE).await;
 
     let mut accepted = Vec::new();
     for i in 1..=30 {
@@ -718,11 +595,11 @@ async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_
     );
     assert!(!status.success(), "{status}");
     assert!(
-        brittle.log_text().contains("IDEMQ_DB_LOST_GRACE"),
+        brittle.output().contains("IDEMQ_DB_LOST_GRACE"),
         "{}",
-        brittle.log_text()
+        brittle.output()
     );
-    assert!(steady.is_running(), "{}", steady.log_text());
+    assert!(steady.is_running(), "{}", steady.output());
 
     let cluster = tokio::task::spawn_blocking(move || {
         PgCluster::start(ClusterOptions {
@@ -785,13 +662,13 @@ async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_
         n
     );
     assert_eq!(count("SELECT count(*) FROM audit_log").await, n);
-    assert!(steady.is_running(), "{}", steady.log_text());
+    assert!(steady.is_running(), "{}", steady.output());
     assert!(
         steady
-            .log_text()
+            .output()
             .contains("restarting the worker loop under a new name"),
         "{}",
-        steady.log_text()
+        steady.output()
     );
     // A key refused with 503 was recorded nowhere: it works now.
     let r = api.mark_paid("inv-31", "k-31").await;
@@ -818,7 +695,7 @@ async fn a_poison_job_stops_at_the_bound_with_a_stored_500_that_replays_and_no_h
         "PERFORM nextval('poison_runs'); RAISE EXCEPTION 'injected infrastructure fault';",
     )
     .await;
-    let _worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_JOB_MAX_ATTEMPTS", "3")]);
+    let _worker = spawn_worker(&app.db.url, &[("IDEMQ_JOB_MAX_ATTEMPTS", "3")]);
 
     let op = submit(&app, "inv-poison", "k-poison").await;
     let done = app.await_final(&op).await;
@@ -865,7 +742,7 @@ async fn a_hung_job_times_out_and_a_panicking_job_is_retried_while_the_worker_se
         "IF NEW.id = 'inv-hang' AND attempt = 1 THEN PERFORM pg_sleep(60); END IF;",
     )
     .await;
-    let mut worker = WorkerProc::spawn(
+    let mut worker = spawn_worker(
         &app.db.url,
         &[
             ("IDEMQ_JOB_TIMEOUT", "1s"),
@@ -873,7 +750,7 @@ async fn a_hung_job_times_out_and_a_panicking_job_is_retried_while_the_worker_se
             ("IDEMQ_FAULT_PANIC_ATTEMPTS", "1"),
         ],
     );
-    worker.wait_ready().await;
+    worker.wait_output("worker ready", DEADLINE).await;
 
     let hang = submit(&app, "inv-hang", "k-hang").await;
     let panic = submit(&app, "inv-panic", "k-panic").await;
@@ -906,7 +783,7 @@ async fn a_hung_job_times_out_and_a_panicking_job_is_retried_while_the_worker_se
         assert_paid_once(&app.db.pool, invoice, op).await;
     }
     assert!(worker.is_running());
-    let log = worker.log_text();
+    let log = worker.output();
     assert!(log.contains("fault injection armed"), "{log}");
     assert!(log.contains("panicked"), "{log}");
     // The worker's time limit or Postgres's statement_timeout (the same 1 s),
@@ -930,8 +807,8 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
         "IF NEW.id <> 'inv-4' THEN PERFORM pg_sleep(2); END IF;",
     )
     .await;
-    let mut worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "20s")]);
-    worker.wait_ready().await;
+    let mut worker = spawn_worker(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "20s")]);
+    worker.wait_output("worker ready", DEADLINE).await;
     let mut ops = Vec::new();
     for i in 1..=3 {
         ops.push(submit(&app, &format!("inv-{i}"), &format!("k-{i}")).await);
@@ -941,10 +818,9 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
     let asked = Instant::now();
     worker.sigterm();
     // Submitted once the worker is stopping: it must wait for another worker.
-    while !worker.log_text().contains("stopping: no new jobs") {
-        assert!(asked.elapsed() < DEADLINE, "{}", worker.log_text());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    worker
+        .wait_output("stopping: no new jobs", DEADLINE.saturating_sub(asked.elapsed()))
+        .await;
     let late = submit(&app, "inv-4", "k-4").await;
     // Its job is in the queue, free, while the worker finishes the three
     // others (2 s each): it could take it, and must not.
@@ -966,7 +842,7 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
         "SIGTERM with 3 jobs in flight: exit {status} after {:?}",
         asked.elapsed()
     );
-    assert_eq!(status.code(), Some(0), "{}", worker.log_text());
+    assert_eq!(status.code(), Some(0), "{}", worker.output());
 
     for op in &ops {
         assert_eq!(op_state(&app.db.pool, op).await, ("succeeded".into(), 1));
@@ -979,7 +855,7 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
         "nothing left running"
     );
     // The next worker takes the late one.
-    let _next = WorkerProc::spawn(&app.db.url, &[]);
+    let _next = spawn_worker(&app.db.url, &[]);
     assert_eq!(app.await_final(&late).await["status"], "succeeded");
 }
 
@@ -988,8 +864,8 @@ async fn sigterm_past_the_grace_exits_non_zero_and_the_job_is_rescued() {
     let app = spawn_app().await;
     app.insert_invoice("inv-stuck").await;
     invoice_trigger(&app.db.pool, "IF attempt = 1 THEN PERFORM pg_sleep(60); END IF;").await;
-    let mut worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "1s")]);
-    worker.wait_ready().await;
+    let mut worker = spawn_worker(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "1s")]);
+    worker.wait_output("worker ready", DEADLINE).await;
     let op = submit(&app, "inv-stuck", "k-stuck").await;
     await_sleepers(&app.db.pool, 1).await;
 
@@ -1001,9 +877,9 @@ async fn sigterm_past_the_grace_exits_non_zero_and_the_job_is_rescued() {
         asked.elapsed()
     );
     assert!(!status.success(), "{status}");
-    assert!(worker.log_text().contains("IDEMQ_SHUTDOWN_GRACE"));
+    assert!(worker.output().contains("IDEMQ_SHUTDOWN_GRACE"));
 
-    let _next = WorkerProc::spawn(&app.db.url, &[]);
+    let _next = spawn_worker(&app.db.url, &[]);
     let rescued = await_final_within(&app.db.pool, &op, LEASE + MARGIN + Duration::from_secs(2)).await;
     println!("job left by the late worker rescued {rescued:?} after it exited");
     assert_eq!(op_state(&app.db.pool, &op).await, ("succeeded".into(), 2));
@@ -1113,7 +989,7 @@ async fn the_reconciler_redrives_lost_jobs_and_finishes_dead_ones_once_per_tick(
         .execute(pool)
         .await
         .unwrap();
-    let _worker = WorkerProc::spawn(&app.db.url, &[("IDEMQ_RECONCILE_INTERVAL", "1s")]);
+    let _worker = spawn_worker(&app.db.url, &[("IDEMQ_RECONCILE_INTERVAL", "1s")]);
     for op in [&gone, &done, &fine, &later] {
         assert_eq!(app.await_final(op).await["status"], "succeeded", "{op}");
     }

@@ -45,23 +45,24 @@ async fn fleet(env: &[(&str, &str)]) -> Fleet {
 
 impl Fleet {
     async fn mark_paid(&self, api: usize, key: &str) -> reqwest::Response {
-        self.client
-            .patch(format!("{}/invoices/inv-1/mark-paid", self.apis[api].url))
-            .bearer_auth(&self.token)
-            .header("Idempotency-Key", key)
-            .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
-            .await
-            .unwrap()
+        Call::to(
+            &self.client,
+            &self.apis[api].url,
+            Method::PATCH,
+            "/invoices/inv-1/mark-paid",
+        )
+        .token(&self.token)
+        .key(key)
+        .json(&serde_json::json!({ "paymentMethod": "card" }))
+        .response()
+        .await
     }
 
     async fn read(&self, api: usize) -> reqwest::Response {
-        self.client
-            .request(Method::GET, format!("{}/invoices/inv-1", self.apis[api].url))
-            .bearer_auth(&self.token)
-            .send()
+        Call::to(&self.client, &self.apis[api].url, Method::GET, "/invoices/inv-1")
+            .token(&self.token)
+            .response()
             .await
-            .unwrap()
     }
 
     async fn operations(&self) -> i64 {

@@ -253,19 +253,15 @@ impl TestApp {
 
     /// `PATCH /invoices/{id}/mark-paid` with a key.
     pub async fn mark_paid(&self, invoice: &str, key: &str) -> Response {
-        self.request(Method::PATCH, &format!("/invoices/{invoice}/mark-paid"))
-            .header("Idempotency-Key", key)
+        self.patch(&format!("/invoices/{invoice}/mark-paid"))
+            .key(key)
             .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
+            .response()
             .await
-            .unwrap()
     }
 
     pub async fn get_operation(&self, id: &str) -> Response {
-        self.request(Method::GET, &format!("/operations/{id}"))
-            .send()
-            .await
-            .unwrap()
+        self.get(&format!("/operations/{id}")).response().await
     }
 
     /// Polls the operation until it is final; panics after the deadline.
@@ -273,13 +269,12 @@ impl TestApp {
         let started = Instant::now();
         loop {
             let r = self
-                .request(Method::GET, &format!("/operations/{id}"))
+                .get(&format!("/operations/{id}"))
                 .header("Prefer", "wait=5")
                 .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            let op: Value = r.json().await.unwrap();
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+            let op = r.json();
             if op["status"] == "succeeded" || op["status"] == "failed" {
                 return op;
             }
@@ -304,14 +299,26 @@ impl TestApp {
 }
 
 /// Waits until `check` holds, polling, or panics after `DEADLINE`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// `eventually` with its own deadline.
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -328,91 +335,58 @@ pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
-/// The `idemq` binary built for these tests.
-pub fn idemq_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_idemq")
-}
+pub use crate::harness::{idemq, idemq_bin, terminate_all, Proc};
 
 /// A real `idemq api` process: public and ops listeners on free ports, its
-/// log (stderr) in a file of its own; killed when dropped.
+/// log (stderr) collected; killed when dropped.
 pub struct ApiProcess {
-    child: std::process::Child,
+    pub proc: Proc,
     pub url: String,
     pub ops: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for ApiProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 impl ApiProcess {
     /// What the process has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
     /// Kills the process and returns everything it logged.
-    pub fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log()
+    pub fn stop(self) -> String {
+        self.proc.stop()
     }
 }
 
 /// The ops token of an [`ApiProcess`] unless `env` sets `IDEMQ_OPS_TOKEN`.
 pub const API_PROCESS_OPS_TOKEN: &str = "ops-process";
 
-/// Starts `idemq api` on `db_url` with `env` on top of the defaults, and
-/// returns once it has printed both its addresses.
-pub fn spawn_api_process(db_url: &str, env: &[(&str, &str)]) -> ApiProcess {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let log = std::env::temp_dir().join(format!("idemq-api-{}.log", uuid::Uuid::new_v4().simple()));
-    let mut cmd = Command::new(idemq_bin());
-    cmd.arg("api")
+/// `idemq api` on `db_url`, listeners on free ports, the defaults of
+/// [`spawn_api_process`]; `env` and more to be added before `spawn`.
+pub fn api_command(db_url: &str) -> crate::harness::Idemq {
+    idemq(["api"])
         .env("DATABASE_URL", db_url)
         .env("IDEMQ_API_ADDR", "127.0.0.1:0")
         .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
         .env("IDEMQ_OPS_TOKEN", API_PROCESS_OPS_TOKEN)
         .env("RUST_LOG", "info")
         .env_remove("IDEMQ_RATE_LIMIT_SCOPE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn idemq api");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+}
+
+/// Starts `idemq api` on `db_url` with `env` on top of the defaults, and
+/// returns once it has printed both its addresses.
+pub fn spawn_api_process(db_url: &str, env: &[(&str, &str)]) -> ApiProcess {
+    api_listening(api_command(db_url).envs(env).spawn())
+}
+
+/// An `idemq api` (or `dev`) process, once it has printed both addresses.
+pub fn api_listening(mut proc: Proc) -> ApiProcess {
+    let (url, ops) = proc.wait_for_blocking("listening", Duration::from_secs(30), |p| {
+        Some((
+            p.stdout_after("api listening on ")?,
+            p.stdout_after("ops listening on ")?,
+        ))
     });
-    let (mut url, mut ops) = (None, None);
-    while url.is_none() || ops.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("idemq api printed its addresses");
-        if let Some(u) = line.strip_prefix("api listening on ") {
-            url = Some(u.to_owned());
-        }
-        if let Some(u) = line.strip_prefix("ops listening on ") {
-            ops = Some(u.to_owned());
-        }
-    }
-    ApiProcess {
-        child,
-        url: url.unwrap(),
-        ops: ops.unwrap(),
-        log,
-    }
+    ApiProcess { proc, url, ops }
 }
 
 // --- Helpers for the idempotency-contract tests (issue 3) ---
@@ -431,8 +405,9 @@ pub async fn expect_problem(r: Response, status: StatusCode, slug: &str) -> Valu
     body
 }
 
-/// A whole answer, read once, for byte-for-byte comparisons.
-#[derive(Clone, PartialEq, Eq)]
+/// A whole answer, read once, for byte-for-byte comparisons. Two answers
+/// are equal when all but `headers` (which holds `Date`, …) are.
+#[derive(Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<String>,
@@ -440,7 +415,31 @@ pub struct Answer {
     pub location: Option<String>,
     pub preference_applied: Option<String>,
     pub body: Vec<u8>,
+    /// Every header, for the ones the fields above do not name.
+    pub headers: reqwest::header::HeaderMap,
 }
+
+impl PartialEq for Answer {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.status,
+            &self.content_type,
+            &self.replayed,
+            &self.location,
+            &self.preference_applied,
+            &self.body,
+        ) == (
+            other.status,
+            &other.content_type,
+            &other.replayed,
+            &other.location,
+            &other.preference_applied,
+            &other.body,
+        )
+    }
+}
+
+impl Eq for Answer {}
 
 /// The body as text, so that a failure shows it.
 impl std::fmt::Debug for Answer {
@@ -465,6 +464,7 @@ impl Answer {
             h("location"),
             h("preference-applied"),
         );
+        let headers = r.headers().clone();
         Answer {
             status: r.status(),
             content_type,
@@ -472,7 +472,27 @@ impl Answer {
             location,
             preference_applied,
             body: r.bytes().await.unwrap().to_vec(),
+            headers,
         }
+    }
+
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json answer with this status and `type` slug; its body.
+    pub fn problem(&self, status: StatusCode, slug: &str) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        let body = self.json();
+        assert_eq!(body["type"], problem_type(slug), "{body}");
+        assert_eq!(body["status"], status.as_u16(), "{body}");
+        body
     }
 
     pub fn json(&self) -> Value {
@@ -495,12 +515,7 @@ impl TestApp {
 
     /// A mutating request with a key and a JSON body.
     pub async fn send(&self, method: Method, path: &str, key: &str, body: Value) -> Response {
-        self.request(method, path)
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.call(method, path).key(key).json(&body).response().await
     }
 
     pub async fn insert_application(&self, id: &str) {
@@ -553,4 +568,167 @@ pub fn op_uuid(id: &str) -> uuid::Uuid {
     id.parse::<idemq_core::operation::OperationId>()
         .expect("an operation id")
         .uuid()
+}
+
+// --- The request helper: `app.post(path).key(k).json(body).send()` ---
+
+/// One HTTP request to a test server, with the app's token unless told
+/// otherwise; [`send`](Call::send) reads the whole [`Answer`].
+pub struct Call {
+    client: reqwest::Client,
+    method: Method,
+    url: String,
+    token: Option<String>,
+    headers: Vec<(String, String)>,
+    /// The body and, unless set by a header, its content type.
+    body: Option<(Option<String>, Vec<u8>)>,
+}
+
+impl Call {
+    /// `METHOD base+path` with `client`, no token yet.
+    pub fn to(client: &reqwest::Client, base: &str, method: Method, path: &str) -> Call {
+        Call {
+            client: client.clone(),
+            method,
+            url: format!("{base}{path}"),
+            token: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The bearer token (instead of the app's).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// No `Authorization` header at all.
+    pub fn anonymous(mut self) -> Self {
+        self.token = None;
+        self
+    }
+
+    /// The `Idempotency-Key` header.
+    pub fn key(self, key: &str) -> Self {
+        self.header("Idempotency-Key", key)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A JSON body (`application/json`).
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = Some((Some("application/json".into()), body.to_string().into_bytes()));
+        self
+    }
+
+    /// A body as given, with this content type.
+    pub fn raw(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some((Some(content_type.to_owned()), body.into()));
+        self
+    }
+
+    /// A body as given, no content type added (a `header` may set one).
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some((None, body.into()));
+        self
+    }
+
+    /// The request as reqwest would send it, to add to.
+    pub fn builder(self) -> reqwest::RequestBuilder {
+        let mut r = self.client.request(self.method, self.url);
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        for (name, value) in &self.headers {
+            r = r.header(name, value);
+        }
+        if let Some((content_type, body)) = self.body {
+            let named = self
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+            if let Some(content_type) = content_type.filter(|_| !named) {
+                r = r.header("content-type", content_type);
+            }
+            r = r.body(body);
+        }
+        r
+    }
+
+    /// Sends it; the raw response.
+    pub async fn response(self) -> Response {
+        self.builder().send().await.unwrap()
+    }
+
+    /// Sends it and reads the whole answer.
+    pub async fn send(self) -> Answer {
+        Answer::read(self.response().await).await
+    }
+}
+
+impl TestApp {
+    /// `METHOD path` with the app's token.
+    pub fn call(&self, method: Method, path: &str) -> Call {
+        Call::to(&self.client, &self.addr, method, path).token(&self.token)
+    }
+
+    pub fn get(&self, path: &str) -> Call {
+        self.call(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> Call {
+        self.call(Method::POST, path)
+    }
+
+    pub fn patch(&self, path: &str) -> Call {
+        self.call(Method::PATCH, path)
+    }
+
+    pub fn put(&self, path: &str) -> Call {
+        self.call(Method::PUT, path)
+    }
+
+    pub fn delete(&self, path: &str) -> Call {
+        self.call(Method::DELETE, path)
+    }
+}
+
+impl ApiProcess {
+    /// `METHOD path` on the process's public listener, with `token`.
+    pub fn call(&self, method: Method, path: &str, token: &str) -> Call {
+        Call::to(&reqwest::Client::new(), &self.url, method, path).token(token)
+    }
+}
+
+/// The ops router in-process on port 0, on the app's database, with this
+/// ops token; served until `shutdown` is cancelled (gracefully, as `idemq
+/// serve` does). Its address and its session signer (a key the test knows).
+pub async fn spawn_ops_listener(
+    app: &TestApp,
+    ops_token: &str,
+    https: bool,
+    shutdown: CancellationToken,
+) -> (String, idemq_api::ops::auth::Sessions) {
+    use idemq_api::ops::auth::{Sessions, DEFAULT_SESSION_LIFETIME};
+    let session = Sessions::with_key(rand::random(), DEFAULT_SESSION_LIFETIME, https);
+    let state = idemq_api::ops::OpsState {
+        pool: idemq_core::db::connect(&app.db.url, 4).await.unwrap(),
+        token: ops_token.into(),
+        metrics: None,
+        idempotency_ttl: Duration::from_secs(3600),
+        session: session.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, idemq_api::ops::router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    (addr, session)
 }

@@ -234,13 +234,12 @@ async fn invalid_bodies_are_400_record_nothing_and_the_key_works_after_correctio
     ];
     for (what, body) in cases {
         let r = app
-            .request(Method::PATCH, MARK_PAID_123)
-            .header("Idempotency-Key", "key-1")
+            .patch(MARK_PAID_123)
+            .key("key-1")
             .header("Content-Type", "application/json")
             .body(body)
-            .send()
-            .await
-            .unwrap();
+            .response()
+            .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
         let problem = expect_problem(r, StatusCode::BAD_REQUEST, "invalid-body").await;
         assert!(problem["detail"].is_string(), "{what}: {problem}");
@@ -359,12 +358,12 @@ async fn operations_and_keys_are_scoped_to_the_principal() {
 
     // The same key under another principal is another operation.
     let theirs = app
-        .request_as(&other, Method::PATCH, MARK_PAID_123)
-        .header("Idempotency-Key", "shared-key")
+        .patch(MARK_PAID_123)
+        .token(&other)
+        .key("shared-key")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(theirs.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&theirs, "idempotent-replayed"), None);
     let theirs: Value = theirs.json().await.unwrap();
@@ -377,10 +376,10 @@ async fn operations_and_keys_are_scoped_to_the_principal() {
     );
     // Each sees their own, not the other's.
     let r = app
-        .request_as(&other, Method::GET, &format!("/operations/{their_id}"))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/operations/{their_id}"))
+        .token(&other)
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app.get_operation(their_id).await;
     expect_problem(r, StatusCode::NOT_FOUND, "not-found").await;
@@ -397,13 +396,12 @@ async fn prefer_wait_answers_the_first_request_with_its_final_response() {
     app.start_worker().await;
 
     let r = app
-        .request(Method::PATCH, MARK_PAID_123)
-        .header("Idempotency-Key", "key-1")
+        .patch(MARK_PAID_123)
+        .key("key-1")
         .header("Prefer", "wait=10")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
 
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "idempotent-replayed"), None, "the original answer");
@@ -427,13 +425,12 @@ async fn prefer_wait_over_30_is_treated_as_30() {
     app.start_worker().await;
 
     let r = app
-        .request(Method::PATCH, MARK_PAID_123)
-        .header("Idempotency-Key", "key-1")
+        .patch(MARK_PAID_123)
+        .key("key-1")
         .header("Prefer", "wait=100")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
 
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "preference-applied"), Some("wait=30"));
@@ -471,13 +468,12 @@ async fn prefer_wait_without_a_worker_answers_202_when_the_wait_is_over() {
 
     let started = Instant::now();
     let r = app
-        .request(Method::PATCH, MARK_PAID_123)
-        .header("Idempotency-Key", "key-1")
+        .patch(MARK_PAID_123)
+        .key("key-1")
         .header("Prefer", "wait=1")
         .json(&json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let took = started.elapsed();
 
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -492,11 +488,10 @@ async fn prefer_wait_without_a_worker_answers_202_when_the_wait_is_over() {
     // Polling with a wait behaves the same way.
     let started = Instant::now();
     let r = app
-        .request(Method::GET, &format!("/operations/{id}"))
+        .get(&format!("/operations/{id}"))
         .header("Prefer", "wait=1")
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "preference-applied"), Some("wait=1"));
@@ -564,14 +559,12 @@ async fn assert_refusal_replays(
     slug: &str,
 ) {
     let first = app
-        .request(method.clone(), path)
-        .header("Idempotency-Key", key)
+        .call(method.clone(), path)
+        .key(key)
         .header("Prefer", "wait=10")
         .json(&body)
         .send()
-        .await
-        .unwrap();
-    let first = Answer::read(first).await;
+        .await;
     assert_eq!(first.status, status, "{}", first.text());
     assert_eq!(first.replayed, None);
     assert_eq!(first.content_type.as_deref(), Some("application/problem+json"));
@@ -616,13 +609,12 @@ async fn stored_refusals_replay_with_status_content_type_and_bytes() {
     .await;
     // 409: the application was decided by another operation.
     let r = app
-        .request(Method::PATCH, "/applications/app-1/reject")
-        .header("Idempotency-Key", "decide")
+        .patch("/applications/app-1/reject")
+        .key("decide")
         .header("Prefer", "wait=10")
         .json(&json!({ "reason": "incomplete" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_refusal_replays(
         &app,
@@ -636,13 +628,12 @@ async fn stored_refusals_replay_with_status_content_type_and_bytes() {
     .await;
     // 422: a reading below the last one.
     let r = app
-        .request(Method::POST, "/meter-readings")
-        .header("Idempotency-Key", "r1")
+        .post("/meter-readings")
+        .key("r1")
         .header("Prefer", "wait=10")
         .json(&json!({ "contractId": "c1", "reading": 100 }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_refusal_replays(
         &app,

@@ -1,6 +1,7 @@
 //! Black-box tests: real Postgres (one throwaway cluster per run, a fresh
 //! database per test), real HTTP on port 0, real worker loops and processes.
 mod browser;
+mod harness;
 mod helpers;
 
 mod approvals;

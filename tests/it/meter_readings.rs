@@ -7,15 +7,12 @@ use crate::helpers::*;
 
 /// `POST /meter-readings` with `Prefer: wait=10`.
 async fn record(app: &TestApp, key: &str, body: Value) -> Answer {
-    let r = app
-        .request(Method::POST, "/meter-readings")
-        .header("Idempotency-Key", key)
+    app.post("/meter-readings")
+        .key(key)
         .header("Prefer", "wait=10")
         .json(&body)
         .send()
         .await
-        .unwrap();
-    Answer::read(r).await
 }
 
 async fn readings(app: &TestApp, contract: &str) -> Vec<String> {
@@ -64,11 +61,7 @@ async fn readings_are_recorded_equal_is_allowed_and_below_is_a_stored_422() {
     );
 
     // The read model lists them in order.
-    let r = app
-        .request(Method::GET, "/contracts/c1/meter-readings")
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/contracts/c1/meter-readings").response().await;
     assert_eq!(r.status(), StatusCode::OK);
     let list: Value = r.json().await.unwrap();
     assert_eq!(list["contractId"], "c1");

@@ -1,9 +1,6 @@
 //! Metrics, logs and alert rules as an operator sees them (issue 7): the real
 //! `idemq api` process, scraped and its log read.
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -73,14 +70,13 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
     }
 
     let send = |key: Option<&str>, body: Value| {
-        let mut r = client
-            .patch(format!("{}/invoices/1/mark-paid", api.url))
-            .bearer_auth(&token)
+        let mut r = api
+            .call(reqwest::Method::PATCH, "/invoices/1/mark-paid", &token)
             .json(&body);
         if let Some(k) = key {
-            r = r.header("Idempotency-Key", k);
+            r = r.key(k);
         }
-        r.send()
+        r.builder().send()
     };
     let card = serde_json::json!({ "paymentMethod": "card" });
     assert_eq!(
@@ -150,12 +146,9 @@ async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
     assert!(logs.contains("IDEMPOTENT"), "{logs}");
     assert!(logs.contains("rate-limit"), "{logs}");
     assert!(!logs.contains(&token), "the token leaked into the log");
-    let hash: String = {
+    let hash = {
         use sha2::Digest;
-        sha2::Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
     };
     assert!(!logs.contains(&hash), "the token hash leaked into the log");
     assert!(!logs.contains("paymentMethod"), "a body leaked into the log");
@@ -253,27 +246,12 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
     .await
     .unwrap();
     let port = idemq_devcluster::free_port().unwrap();
-    let mut child = Command::new(idemq_bin())
-        .arg("worker")
+    let _worker = idemq(["worker"])
         .env("DATABASE_URL", &app.db.url)
         .env("IDEMQ_WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"))
         .env("IDEMQ_QUEUE_POLL_INTERVAL", "100ms")
         .env("IDEMQ_RECONCILE_INTERVAL", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(
-        &mut child,
-        Command::new("true").spawn().unwrap(),
-    ));
+        .spawn();
 
     let op: Value = app.mark_paid("1", "k").await.json().await.unwrap();
     assert_eq!(
@@ -379,11 +357,9 @@ async fn a_paused_queue_is_counted_in_metrics_until_resumed() {
     };
     paused(0.0).await;
     let cli = |verb: &str| {
-        let out = Command::new(idemq_bin())
-            .args(["queue", verb, "payments"])
+        let out = idemq(["queue", verb, "payments"])
             .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
+            .output_blocking();
         assert!(out.status.success(), "idemq queue {verb}: {out:?}");
     };
     cli("pause");

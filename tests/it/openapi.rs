@@ -66,7 +66,7 @@ async fn the_document_is_openapi_3_1_and_lists_exactly_the_served_routes() {
     for (method, path) in &documented {
         let url = path.replace("{id}", "x");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let r = app.request(method.clone(), &url).send().await.unwrap();
+        let r = app.call(method.clone(), &url).response().await;
         assert_ne!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {url}");
         if r.status() == StatusCode::NOT_FOUND {
             let p: Value = r.json().await.unwrap();
@@ -77,9 +77,9 @@ async fn the_document_is_openapi_3_1_and_lists_exactly_the_served_routes() {
         }
     }
     // And what is not documented is not served.
-    let r = app.request(Method::DELETE, "/invoices/x").send().await.unwrap();
+    let r = app.delete("/invoices/x").response().await;
     assert_problem(&r, StatusCode::METHOD_NOT_ALLOWED);
-    let r = app.request(Method::GET, "/metrics").send().await.unwrap();
+    let r = app.get("/metrics").response().await;
     assert_problem(&r, StatusCode::NOT_FOUND);
 }
 
@@ -259,13 +259,12 @@ async fn every_route_with_an_id_documents_and_answers_invalid_path() {
 async fn a_body_not_declared_json_is_refused_with_415() {
     let app = spawn_app().await;
     let r = app
-        .request(Method::PATCH, "/invoices/1/mark-paid")
-        .header("Idempotency-Key", "key-415")
+        .patch("/invoices/1/mark-paid")
+        .key("key-415")
         .header("Content-Type", "text/plain")
         .body(r#"{"paymentMethod":"card"}"#)
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     expect_problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
     assert_eq!(app.count("SELECT count(*) FROM operations").await, 0);
     // A JSON media type with parameters, or a `+json` one, is JSON.
@@ -274,22 +273,20 @@ async fn a_body_not_declared_json_is_refused_with_415() {
         .enumerate()
     {
         let r = app
-            .request(Method::PATCH, "/invoices/1/mark-paid")
-            .header("Idempotency-Key", format!("key-json-{n}"))
+            .patch("/invoices/1/mark-paid")
+            .key(&format!("key-json-{n}"))
             .header("Content-Type", content_type)
             .body(r#"{"paymentMethod":"card"}"#)
-            .send()
-            .await
-            .unwrap();
+            .response()
+            .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{content_type}");
     }
     // No body at all needs no content type (approve takes `{}` or nothing).
     let r = app
-        .request(Method::PATCH, "/applications/a1/approve")
-        .header("Idempotency-Key", "key-empty")
-        .send()
-        .await
-        .unwrap();
+        .patch("/applications/a1/approve")
+        .key("key-empty")
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
 

@@ -46,22 +46,7 @@ async fn spawn_ops_until(app: &TestApp, shutdown: tokio_util::sync::Cancellation
 }
 
 async fn spawn_ops_full(app: &TestApp, https: bool, shutdown: tokio_util::sync::CancellationToken) -> Ops {
-    let session = Sessions::with_key(rand::random(), DEFAULT_SESSION_LIFETIME, https);
-    let state = idemq_api::ops::OpsState {
-        pool: idemq_core::db::connect(&app.db.url, 4).await.unwrap(),
-        token: OPS_TOKEN.into(),
-        metrics: None,
-        idempotency_ttl: std::time::Duration::from_secs(3600),
-        session: session.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, idemq_api::ops::router(state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    });
+    let (addr, session) = spawn_ops_listener(app, OPS_TOKEN, https, shutdown).await;
     Ops {
         addr,
         // Redirects are part of what is tested: never followed.

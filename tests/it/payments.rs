@@ -1,5 +1,5 @@
 //! The payment path end to end (issue 2).
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -127,11 +127,10 @@ async fn missing_key_is_a_400_problem_and_writes_nothing() {
     app.insert_invoice("123").await;
 
     let r = app
-        .request(Method::PATCH, "/invoices/123/mark-paid")
+        .patch("/invoices/123/mark-paid")
         .json(&serde_json::json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
 
     assert_problem(&r, StatusCode::BAD_REQUEST);
     let problem: Value = r.json().await.unwrap();

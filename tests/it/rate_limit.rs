@@ -1,7 +1,5 @@
 //! Rate limiting to the contract (issue 4).
-use std::process::{Command, Stdio};
-
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -60,17 +58,15 @@ async fn principals_have_independent_budgets_and_reads_their_own() {
     // Another principal is not limited.
     let other = app.token_for("other").await;
     let r = app
-        .client
-        .patch(format!("{}/invoices/123/mark-paid", app.addr))
-        .bearer_auth(&other)
-        .header("Idempotency-Key", "other-1")
+        .patch("/invoices/123/mark-paid")
+        .token(&other)
+        .key("other-1")
         .json(&serde_json::json!({ "paymentMethod": "card" }))
-        .send()
-        .await
-        .unwrap();
+        .response()
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // Reads are another class: the limited principal still reads.
-    let r = app.request(Method::GET, "/invoices/123").send().await.unwrap();
+    let r = app.get("/invoices/123").response().await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(header(&r, "ratelimit").unwrap().starts_with("\"read\";r="));
 }
@@ -150,7 +146,7 @@ async fn a_429_needs_no_database() {
 
     // A request within budget (another principal's cached token is not
     // available, so use a read) does need the database and says so: 503.
-    let r = app.request(Method::GET, "/invoices/123").send().await.unwrap();
+    let r = app.get("/invoices/123").response().await;
     assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE);
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -164,13 +160,10 @@ async fn a_429_needs_no_database() {
 
 #[test]
 fn a_bad_limit_stops_start_up_naming_the_variable() {
-    let out = Command::new(idemq_bin())
-        .arg("api")
+    let out = idemq(["api"])
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("IDEMQ_RATE_LIMIT_SENSITIVE", "lots")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .output_blocking();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("IDEMQ_RATE_LIMIT_SENSITIVE"), "{stderr}");

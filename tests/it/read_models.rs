@@ -1,12 +1,12 @@
 //! The read models for the frontend (issue 3): `GET /invoices/{id}`,
 //! `GET /applications/{id}`, `GET /contracts/{id}/meter-readings`.
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
 
 async fn get(app: &TestApp, path: &str) -> reqwest::Response {
-    app.request(Method::GET, path).send().await.unwrap()
+    app.get(path).response().await
 }
 
 #[tokio::test]

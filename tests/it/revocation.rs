@@ -1,7 +1,7 @@
 //! Token revocation across the fleet (issue 16): `idemq token revoke`
 //! reaches every API process within 2 s, although each has the token cached.
 use std::{
-    process::{Command, Output, Stdio},
+    process::Output,
     time::{Duration, Instant},
 };
 
@@ -13,22 +13,16 @@ use crate::{fleet_limits::spawn_api, helpers::*};
 const REVOKED_WITHIN: Duration = Duration::from_secs(2);
 
 fn idemq_token(db_url: &str, args: &[&str]) -> Output {
-    Command::new(idemq_bin())
-        .arg("token")
-        .args(args)
+    idemq(std::iter::once("token").chain(args.iter().copied()))
         .env("DATABASE_URL", db_url)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .output_blocking()
 }
 
 async fn status(client: &reqwest::Client, api: &ApiProcess, token: &str) -> StatusCode {
-    client
-        .get(format!("{}/invoices/inv-1", api.url))
-        .bearer_auth(token)
-        .send()
+    Call::to(client, &api.url, reqwest::Method::GET, "/invoices/inv-1")
+        .token(token)
+        .response()
         .await
-        .unwrap()
         .status()
 }
 

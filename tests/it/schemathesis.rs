@@ -5,10 +5,8 @@
 //! no failure, no error, no warning (rate limits, missing test data, …).
 //! Configuration: tests/schemathesis/schemathesis.toml.
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -63,21 +61,13 @@ fn require_schemathesis() {
 /// `idemq dev` on an existing database: it migrates, seeds the demo rows
 /// and runs the API and the workers in one process.
 struct Dev {
-    child: Child,
+    _proc: Proc,
     url: String,
     token: String,
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_dev(db_url: &str, log: &Path) -> Dev {
-    let mut child = Command::new(idemq_bin())
-        .arg("dev")
+fn spawn_dev(db_url: &str) -> Dev {
+    let mut dev = idemq(["dev"])
         .env("DATABASE_URL", db_url)
         .env("IDEMQ_API_ADDR", "127.0.0.1:0")
         .env("IDEMQ_OPS_ADDR", "127.0.0.1:0")
@@ -85,33 +75,18 @@ fn spawn_dev(db_url: &str, log: &Path) -> Dev {
         // sending thousands of requests: limited, it would mostly see 429s.
         .env("IDEMQ_RATE_LIMIT_ENABLED", "false")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+        .spawn();
+    let (url, token) = dev.wait_for_blocking("up", Duration::from_secs(60), |p| {
+        let token = p
+            .stdout()
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("token ").map(|t| t.trim().to_owned()));
+        Some((p.stdout_after("api listening on ")?, token?))
     });
-    let (mut url, mut token) = (None, None);
-    while url.is_none() || token.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("idemq dev did not come up; see {}", log.display()));
-        if let Some(u) = line.strip_prefix("api listening on ") {
-            url = Some(u.trim().to_owned());
-        }
-        if let Some(t) = line.trim_start().strip_prefix("token ") {
-            token = Some(t.trim().to_owned());
-        }
-    }
     Dev {
-        child,
-        url: url.unwrap(),
-        token: token.unwrap(),
+        _proc: dev,
+        url,
+        token,
     }
 }
 
@@ -121,16 +96,19 @@ async fn create_operations(dev: &Dev) -> Vec<String> {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for n in 1..=3 {
-        let r = client
-            .request(Method::PATCH, format!("{}/invoices/inv-{n}/mark-paid", dev.url))
-            .bearer_auth(&dev.token)
-            .header("Idempotency-Key", format!("schemathesis-seed-{n}"))
-            .json(&serde_json::json!({ "paymentMethod": "card" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let op: Value = r.json().await.unwrap();
+        let r = Call::to(
+            &client,
+            &dev.url,
+            Method::PATCH,
+            &format!("/invoices/inv-{n}/mark-paid"),
+        )
+        .token(&dev.token)
+        .key(&format!("schemathesis-seed-{n}"))
+        .json(&serde_json::json!({ "paymentMethod": "card" }))
+        .send()
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        let op: Value = r.json();
         ids.push(op["id"].as_str().unwrap().to_owned());
     }
     ids
@@ -142,7 +120,7 @@ async fn schemathesis_finds_no_failure_and_no_warning_against_the_live_server() 
     let db = fresh_db().await;
     let dir = std::env::temp_dir().join(format!("idemq-schemathesis-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let dev = spawn_dev(&db.url, &dir.join("idemq.log"));
+    let dev = spawn_dev(&db.url);
 
     // The run directory: the committed configuration and hooks, and the
     // operation ids of this run as a dictionary file (operations.dict).
