@@ -15,6 +15,7 @@ mod final_answers;
 mod fleet;
 mod fleet_limits;
 mod idempotency_contract;
+mod maintenance;
 mod meter_readings;
 mod observability;
 mod openapi;
