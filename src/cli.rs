@@ -164,9 +164,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cleanup { worker } => {
-            let config = idemq_worker::cleanup::CleanupConfig::from_worker_config(&worker)?;
+            let config = idemq_worker::maintenance::cleanup_config(&worker)?;
             let pool = connect(&cli.db).await?;
-            let report = idemq_worker::cleanup::run_once(&pool, &config)
+            let report = idemq_worker::maintenance::cleanup::run_once(&pool, &config)
                 .await
                 .context("cleanup")?;
             print!("{}", cleanup_table(&report));
@@ -297,7 +297,7 @@ fn exec_bench(db: &DatabaseConfig, args: Vec<std::ffi::OsString>) -> anyhow::Err
 }
 
 /// `idemq cleanup`'s output: one line per table, then the total.
-pub fn cleanup_table(report: &idemq_worker::cleanup::CleanupReport) -> String {
+pub fn cleanup_table(report: &idemq_worker::maintenance::cleanup::CleanupReport) -> String {
     let mut out = String::new();
     for (table, n) in report.per_table() {
         out.push_str(&format!("{table:<16}{n:>10}\n"));

@@ -5,7 +5,6 @@
 pub mod business;
 pub mod config;
 pub mod db;
-pub mod duty;
 pub mod error;
 pub mod fingerprint;
 pub mod idempotency;

@@ -1,21 +1,27 @@
 //! Expiry and the scheduled cleanup (issue 6): what expires and when, what
-//! the cleanup deletes and keeps, once per tick for the whole fleet, the
-//! catch-up of a missed tick, bounded batches under live traffic, and
-//! `idemq cleanup`.
+//! the cleanup deletes and keeps, once per tick for the whole fleet (real
+//! processes, and in-process services observed through their signals), the
+//! catch-up of a missed tick, the takeover of a dead runner's tick, bounded
+//! batches under live traffic, and `idemq cleanup`.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     process::ExitStatus,
+    str::FromStr,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use idemq_worker::{
-    cleanup::{self, CleanupConfig, CleanupOptions},
+    maintenance::{
+        cleanup::{self, Cleanup, CleanupConfig, CleanupOptions},
+        DutyRunner, Service, Signal, Step, Why,
+    },
     WorkerSettings,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
@@ -391,7 +397,7 @@ async fn a_cleanup_stopped_before_it_starts_deletes_nothing() {
 
 // --- Real worker processes ---
 
-/// Real `idemq worker` processes (tests/it/harness.rs), JSON logs.
+/// Real `idemq worker` processes (tests/it/harness.rs).
 struct Procs(Vec<Proc>);
 
 impl Procs {
@@ -404,8 +410,7 @@ impl Procs {
         let worker = idemq(["worker"])
             .env_clear()
             .env("DATABASE_URL", db_url)
-            .env("IDEMQ_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,idemq_worker::cleanup=debug")
+            .env("RUST_LOG", "info")
             .env("IDEMQ_DB_MAX_CONNECTIONS", "5")
             .envs(env)
             .spawn();
@@ -413,14 +418,8 @@ impl Procs {
         self.0.len() - 1
     }
 
-    /// The log lines of process `i` (JSON), with their fields.
-    fn logs(&self, i: usize) -> Vec<Value> {
-        self.0[i].json_logs()
-    }
-
-    /// The log messages of process `i` whose message starts so, with their fields.
-    fn messages(&self, i: usize, starting_with: &str) -> Vec<Value> {
-        self.0[i].messages(starting_with)
+    fn pid(&self, i: usize) -> u32 {
+        self.0[i].pid()
     }
 
     fn raw_logs(&self, i: usize) -> String {
@@ -448,6 +447,15 @@ async fn finished_cleanup_ticks(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// Whether process `pid`'s queue workers have registered (it is up).
+async fn process_is_up(pool: &PgPool, pid: u32) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM apalis.workers WHERE id LIKE $1)")
+        .bind(format!("%-{pid}-%"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_run_each_tick_once_for_the_whole_fleet() {
     let db = fresh_db().await;
@@ -464,11 +472,16 @@ async fn three_worker_processes_run_each_tick_once_for_the_whole_fleet() {
             ("IDEMQ_CLEANUP_ENABLED", "0"),
         ],
     );
-    eventually("all four workers are ready", || async {
-        (0..4).all(|i| !procs.messages(i, "worker ready").is_empty())
+    eventually("all four workers are up", || async {
+        for i in 0..4 {
+            if !process_is_up(&db.pool, procs.pid(i)).await {
+                return false;
+            }
+        }
+        true
     })
     .await;
-    // About five seconds with all of them up (a tick a second).
+    // About six seconds with all of them up (a tick a second).
     let before = finished_cleanup_ticks(&db.pool).await;
     eventually("six more ticks ran", || async {
         finished_cleanup_ticks(&db.pool).await >= before + 6
@@ -483,47 +496,107 @@ async fn three_worker_processes_run_each_tick_once_for_the_whole_fleet() {
             procs.raw_logs(i)
         );
     }
+    // One row per tick (the primary key), each run to the end, each by one
+    // of the three: the fourth, with the switch off, never took part.
     let ticks = cleanup_ticks(&db.pool).await;
     assert!(ticks.len() >= 6, "{ticks:?}");
     assert!(ticks.iter().all(|(_, _, finished)| *finished), "{ticks:?}");
-    // Each tick ran exactly once, fleet-wide: as many runs as ticks (not 3×),
-    // and no tick claimed twice.
-    let runs: usize = fleet
+    let process_of = |claimed_by: &str| (0..4).find(|&i| claimed_by.contains(&format!("-{}-", procs.pid(i))));
+    let winners: BTreeSet<usize> = ticks
         .iter()
-        .map(|&i| procs.messages(i, "cleanup finished").len())
-        .sum();
-    assert_eq!(runs, ticks.len(), "runs vs ticks {ticks:?}");
-    let claimed: Vec<String> = fleet
-        .iter()
-        .flat_map(|&i| procs.messages(i, "cleanup tick claimed: running"))
-        .map(|l| l["tick"].as_str().unwrap().to_owned())
+        .map(|(_, by, _)| process_of(by).unwrap_or_else(|| panic!("claimed by {by}?")))
         .collect();
-    let distinct: BTreeSet<&String> = claimed.iter().collect();
-    assert_eq!(claimed.len(), ticks.len(), "{claimed:?}");
-    assert_eq!(distinct.len(), claimed.len(), "a tick ran twice: {claimed:?}");
-    // …although every process fired: the others lost their claims.
-    let lost: usize = fleet
-        .iter()
-        .map(|&i| procs.messages(i, "cleanup tick claimed by another worker").len())
-        .sum();
-    let winners: BTreeSet<&String> = ticks.iter().map(|(_, by, _)| by).collect();
-    eprintln!(
-        "{} ticks, {runs} runs, {lost} lost claims, {} distinct winners",
-        ticks.len(),
-        winners.len()
-    );
-    // (≥ 6 ticks with all three up, two losers each.)
-    assert!(lost >= 6, "lost claims {lost}, ticks {}", ticks.len());
-    // The process with the switch off never took part.
-    assert!(!procs.messages(off, "cleanup disabled").is_empty());
-    assert!(
-        procs
-            .logs(off)
+    assert!(winners.iter().all(|w| fleet.contains(w)), "{winners:?} {ticks:?}");
+    assert!(!winners.contains(&off));
+    eprintln!("{} ticks, {} distinct winners", ticks.len(), winners.len());
+    assert!(procs.raw_logs(off).contains("cleanup disabled"));
+}
+
+/// A runner of the cleanup duty in a service named `name`.
+fn cleanup_runner(
+    pool: &PgPool,
+    name: &str,
+    schedule: &str,
+    stop: &CancellationToken,
+) -> (Service, DutyRunner<Cleanup>) {
+    let service = Service::new(pool.clone(), name, Duration::from_secs(2));
+    let duty = Cleanup {
+        schedule: cron::Schedule::from_str(schedule).unwrap(),
+        config: CleanupConfig::default(),
+    };
+    let runner = service.runner_for(duty, stop.clone());
+    (service, runner)
+}
+
+fn is_schedule_outcome(s: &Signal) -> bool {
+    s.why == Why::Schedule && matches!(s.step, Step::Claimed | Step::ClaimedElsewhere | Step::Busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_claim_each_tick_once_and_the_others_find_it_claimed() {
+    let db = fresh_db().await;
+    let stop = CancellationToken::new();
+    let mut signals = Vec::new();
+    let mut loops = Vec::new();
+    for name in ["w1", "w2", "w3"] {
+        let (service, runner) = cleanup_runner(&db.pool, name, "* * * * * *", &stop);
+        signals.push(service.test_signals());
+        loops.push(tokio::spawn(runner.run()));
+    }
+    for _ in 0..5 {
+        signals[0]
+            .wait_for(DEADLINE, is_schedule_outcome)
+            .await
+            .expect("w1 takes part in every tick");
+    }
+    stop.cancel();
+    for l in loops {
+        l.await.unwrap().unwrap();
+    }
+    let seen: Vec<Signal> = signals.iter_mut().flat_map(|s| s.received().to_vec()).collect();
+
+    let mut per_tick: BTreeMap<DateTime<Utc>, Vec<&Signal>> = BTreeMap::new();
+    for s in seen.iter().filter(|s| s.why == Why::Schedule) {
+        per_tick.entry(s.tick).or_default().push(s);
+    }
+    let count = |signals: &[&Signal], step: &Step| signals.iter().filter(|s| &s.step == step).count();
+    let mut complete = 0;
+    for (tick, signals) in &per_tick {
+        let claimed = count(signals, &Step::Claimed);
+        assert!(claimed <= 1, "tick {tick} claimed {claimed} times: {signals:#?}");
+        let finished: Vec<_> = signals
             .iter()
-            .all(|l| !l["message"].as_str().unwrap_or("").contains("cleanup tick")),
-        "{}",
-        procs.raw_logs(off)
-    );
+            .filter(|s| matches!(s.step, Step::Finished(_)))
+            .collect();
+        assert_eq!(finished.len(), claimed, "tick {tick}: {signals:#?}");
+        let runners: BTreeSet<&str> = signals
+            .iter()
+            .filter(|s| is_schedule_outcome(s))
+            .map(|s| s.runner.as_str())
+            .collect();
+        if runners.len() == 3 {
+            // All three fired; one won, the other two found it claimed.
+            complete += 1;
+            assert_eq!(claimed, 1, "tick {tick}: {signals:#?}");
+            assert_eq!(
+                count(signals, &Step::ClaimedElsewhere),
+                2,
+                "tick {tick}: {signals:#?}"
+            );
+        }
+    }
+    assert!(complete >= 4, "{per_tick:#?}");
+    // The table agrees: every claimed tick has its finished row.
+    let rows = cleanup_ticks(&db.pool).await;
+    for (tick, signals) in &per_tick {
+        if count(signals, &Step::Claimed) == 1 {
+            let winner = signals.iter().find(|s| s.step == Step::Claimed).unwrap();
+            assert!(
+                rows.contains(&(*tick, winner.runner.clone(), true)),
+                "{tick}: {rows:?}"
+            );
+        }
+    }
 }
 
 /// The latest 1 January 00:00 UTC: the last due tick of `0 0 0 1 1 *`.
@@ -534,7 +607,27 @@ async fn start_of_year(pool: &PgPool) -> DateTime<Utc> {
         .unwrap()
 }
 
-const YEARLY: [(&str, &str); 1] = [("IDEMQ_CLEANUP_SCHEDULE", "0 0 0 1 1 *")];
+const YEARLY: &str = "0 0 0 1 1 *";
+
+/// Starts a service's cleanup loop on the yearly schedule, waits for the
+/// catch-up's outcome, stops the loop, and returns the outcome and every
+/// signal the service sent.
+async fn start_and_catch_up(pool: &PgPool, name: &str) -> (Signal, Vec<Signal>) {
+    let stop = CancellationToken::new();
+    let (service, runner) = cleanup_runner(pool, name, YEARLY, &stop);
+    let mut signals = service.test_signals();
+    let duty_loop = tokio::spawn(runner.run());
+    let outcome = signals
+        .wait_for(DEADLINE, |s| {
+            s.why == Why::CatchUp
+                && matches!(s.step, Step::Finished(_) | Step::Failed(_) | Step::NothingMissed)
+        })
+        .await
+        .expect("the catch-up ends");
+    stop.cancel();
+    duty_loop.await.unwrap().unwrap();
+    (outcome, signals.received().to_vec())
+}
 
 #[tokio::test]
 async fn a_missed_tick_is_caught_up_once_at_the_next_start() {
@@ -556,71 +649,65 @@ async fn a_missed_tick_is_caught_up_once_at_the_next_start() {
         .0;
     insert_expired_operations(&db.pool, principal.id(), "expired", 10).await;
 
-    let mut procs = Procs::new();
-    let first = procs.spawn_worker(&db.url, &YEARLY);
-    eventually("the missed tick is claimed and run", || async {
-        cleanup_ticks(&db.pool)
-            .await
-            .iter()
-            .any(|(tick, _, finished)| *tick == due && *finished)
-    })
-    .await;
-    let result: Value =
+    let (outcome, first) = start_and_catch_up(&db.pool, "first-start").await;
+
+    let Step::Finished(result) = &outcome.step else {
+        panic!("the missed tick was not run: {first:#?}");
+    };
+    assert_eq!(outcome.tick, due);
+    assert_eq!(result["operations"], 10, "{result}");
+    // It also removed the year-old tick before it (the newest one stays).
+    assert_eq!(result["dutyTicks"], 1, "{result}");
+    let stored: Value =
         sqlx::query_scalar("SELECT result FROM duty_ticks WHERE duty = 'cleanup' AND tick = $1")
             .bind(due)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(result["operations"], 10, "{result}");
-    // It also removed the year-old tick before it (the newest one stays).
-    assert_eq!(result["dutyTicks"], 1, "{result}");
-    let claims = procs.messages(first, "cleanup tick claimed: running");
-    assert_eq!(claims.len(), 1, "{}", procs.raw_logs(first));
-    assert_eq!(claims[0]["why"], "catch-up");
-    assert!(procs.terminate().await.iter().all(ExitStatus::success));
+    assert_eq!(&stored, result);
+    let claims: Vec<&Signal> = first.iter().filter(|s| s.step == Step::Claimed).collect();
+    assert_eq!(claims.len(), 1, "{first:#?}");
+    assert_eq!(claims[0].why, Why::CatchUp);
     let after_first = cleanup_ticks(&db.pool).await;
-    assert_eq!(after_first.len(), 1, "{after_first:?}");
-    assert_eq!(after_first[0].0, due);
+    assert_eq!(after_first, [(due, "first-start".to_owned(), true)]);
 
     // Once: the next start finds the due tick run and does nothing.
-    let mut procs = Procs::new();
-    let second = procs.spawn_worker(&db.url, &YEARLY);
-    eventually("the second start checked for a missed tick", || async {
-        !procs
-            .messages(second, "cleanup catch-up: nothing missed")
-            .is_empty()
-    })
-    .await;
-    assert!(procs.terminate().await.iter().all(ExitStatus::success));
+    let (outcome, second) = start_and_catch_up(&db.pool, "second-start").await;
+    assert_eq!(outcome.step, Step::NothingMissed, "{second:#?}");
+    assert_eq!(outcome.tick, due);
+    assert!(second.iter().all(|s| s.step != Step::Claimed), "{second:#?}");
     assert_eq!(cleanup_ticks(&db.pool).await, after_first);
-    assert!(procs.messages(second, "cleanup tick claimed: running").is_empty());
 }
 
 #[tokio::test]
-async fn a_tick_whose_runner_died_is_taken_over_at_the_next_start() {
+async fn a_tick_whose_runner_died_is_taken_over_and_a_live_runners_is_not() {
     let db = fresh_db().await;
     let due = start_of_year(&db.pool).await;
-    // Claimed an hour ago by a worker that died before finishing.
+    // Claimed by a runner that refreshed its claim just now: alive.
     sqlx::query(
         "INSERT INTO duty_ticks (duty, tick, claimed_by, claimed_at)
-         VALUES ('cleanup', $1, 'dead-worker', now() - interval '1 hour')",
+         VALUES ('cleanup', $1, 'live-worker', now())",
     )
     .bind(due)
     .execute(&db.pool)
     .await
     .unwrap();
+    let (outcome, kept) = start_and_catch_up(&db.pool, "starter").await;
+    assert_eq!(outcome.step, Step::NothingMissed, "{kept:#?}");
+    assert!(kept.iter().any(|s| s.step == Step::ClaimedElsewhere), "{kept:#?}");
+    assert_eq!(
+        cleanup_ticks(&db.pool).await,
+        [(due, "live-worker".to_owned(), false)]
+    );
 
-    let mut procs = Procs::new();
-    procs.spawn_worker(&db.url, &YEARLY);
-    eventually("the dead worker's tick is run", || async {
-        cleanup_ticks(&db.pool)
-            .await
-            .iter()
-            .any(|(tick, by, finished)| *tick == due && *finished && by != "dead-worker")
-    })
-    .await;
-    assert!(procs.terminate().await.iter().all(ExitStatus::success));
-    assert_eq!(cleanup_ticks(&db.pool).await.len(), 1);
+    // Its last refresh an hour ago (longer than the lease): it died.
+    sqlx::query("UPDATE duty_ticks SET claimed_at = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (outcome, taken) = start_and_catch_up(&db.pool, "starter").await;
+    assert!(matches!(outcome.step, Step::Finished(_)), "{taken:#?}");
+    assert_eq!(cleanup_ticks(&db.pool).await, [(due, "starter".to_owned(), true)]);
 }
 
 #[tokio::test]

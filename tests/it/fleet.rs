@@ -14,7 +14,10 @@ use std::{
 };
 
 use idemq_devcluster::{ClusterOptions, PgCluster};
-use idemq_worker::reconciler::{self, ReconcilerConfig};
+use idemq_worker::maintenance::{
+    reconciler::{self, Reconciler, ReconcilerConfig, ReconcilerOptions},
+    Service, Why,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -932,13 +935,13 @@ async fn the_reconciler_redrives_lost_jobs_and_finishes_dead_ones_once_per_tick(
         .unwrap();
     let old_gone_job = job_of(pool, &gone).await;
 
-    let cfg = ReconcilerConfig::new(
-        Duration::from_secs(1),
-        Duration::ZERO,
-        8,
-        100,
-        Duration::from_secs(86_400),
-    )
+    let cfg = ReconcilerConfig::new(ReconcilerOptions {
+        interval: Duration::from_secs(1),
+        stale_after: Duration::ZERO,
+        max_attempts: 8,
+        batch_size: 100,
+        idempotency_ttl: Duration::from_secs(86_400),
+    })
     .unwrap();
     let report = reconciler::run_once(pool, &cfg).await.unwrap();
     assert_eq!(report.candidates, 3, "{report:?}");
@@ -970,13 +973,19 @@ async fn the_reconciler_redrives_lost_jobs_and_finishes_dead_ones_once_per_tick(
         Default::default()
     );
 
-    // Once per tick for the whole fleet.
-    let tick = reconciler::tick_of(chrono::Utc::now(), Duration::from_secs(3600));
-    assert!(reconciler::run_tick(pool, &cfg, "one", tick)
+    // Once per tick for the whole fleet: the maintenance services of two
+    // processes, the same tick.
+    let tick = idemq_worker::maintenance::tick_of(chrono::Utc::now(), Duration::from_secs(3600));
+    let duty = Reconciler { config: cfg };
+    let in_process =
+        |name: &str| Service::new(pool.clone(), name, LEASE).runner_for(duty, CancellationToken::new());
+    assert!(in_process("one")
+        .run_tick(tick, Why::Schedule)
         .await
         .unwrap()
         .is_some());
-    assert!(reconciler::run_tick(pool, &cfg, "two", tick)
+    assert!(in_process("two")
+        .run_tick(tick, Why::Schedule)
         .await
         .unwrap()
         .is_none());

@@ -16,6 +16,7 @@ mod final_answers;
 mod fleet;
 mod fleet_limits;
 mod idempotency_contract;
+mod maintenance;
 mod meter_readings;
 mod observability;
 mod openapi;

@@ -1,11 +1,10 @@
 //! The worker process: one apalis worker per queue, each running
-//! `job_runner::handle_job`, plus the fleet's background duties (the
-//! reconciler) and a database watchdog. See `supervise` for how the process
+//! `job_runner::handle_job`, plus the fleet's background duties
+//! (`maintenance`: cleanup, reconciler) and a database watchdog. See `supervise` for how the process
 //! stays alive only while it is healthy.
-pub mod cleanup;
 pub mod faults;
 pub mod job_runner;
-pub mod reconciler;
+pub mod maintenance;
 pub mod supervise;
 pub mod wake_strategy;
 
@@ -64,10 +63,8 @@ fn queue_config(queue: &str, cfg: &WorkerConfig) -> QueueConfig {
 pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = instance_name();
     // Checked before anything starts.
-    let cleanup_config = cleanup::CleanupConfig::from_worker_config(&settings.config)?;
-    let reconciler_config =
-        reconciler::ReconcilerConfig::from_worker_config(&settings.config, settings.idempotency_ttl)
-            .map_err(anyhow::Error::msg)?;
+    let maintenance_config =
+        maintenance::MaintenanceConfig::from_worker_config(&settings.config, settings.idempotency_ttl)?;
     let faults = faults::Faults::from_env()?;
     let runner = Arc::new(
         JobRunner::new(pool.clone(), &settings)
@@ -92,26 +89,11 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     }
     let watchdog = supervise::db_watchdog(pool.clone(), settings.config.db_lost_grace, shutdown.clone());
     loops.spawn(async move { ("database watchdog", watchdog.await) });
-    let reconcile = reconciler::run_scheduled(
-        pool.clone(),
-        reconciler_config,
-        instance.clone(),
-        shutdown.clone(),
-    );
-    loops.spawn(async move { (reconciler::DUTY, reconcile.await) });
-    // The scheduled cleanup: one more loop, under the same rule (if it ends
-    // on its own, the process exits non-zero).
-    if settings.config.cleanup_enabled {
-        let scheduled = cleanup::run_scheduled(
-            pool.clone(),
-            cleanup_config,
-            settings.config.cleanup_schedule.clone(),
-            instance.clone(),
-            shutdown.clone(),
-        );
-        loops.spawn(async move { (cleanup::DUTY, scheduled.await.map_err(anyhow::Error::from)) });
-    } else {
-        tracing::info!("cleanup disabled in this process (IDEMQ_CLEANUP_ENABLED=false)");
+    // The background duties: one loop each, under the same rule.
+    let maintenance =
+        maintenance::Service::new(pool.clone(), instance.clone(), maintenance_config.takeover_after);
+    for (duty, duty_loop) in maintenance.loops(maintenance_config, shutdown.clone()) {
+        loops.spawn(async move { (duty, duty_loop.await) });
     }
     tracing::info!(instance, queues = ?queue::ALL, "worker ready");
 

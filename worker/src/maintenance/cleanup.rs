@@ -15,27 +15,26 @@
 //! 4. old `duty_ticks` rows, keeping the newest one of each duty (the
 //!    catch-up at start compares against it).
 //!
-//! Scheduling: apalis-cron fires in every worker process; each process claims
-//! the tick in Postgres (`idemq_core::duty`) and only the winner runs it, so
-//! it runs once per tick for the whole fleet. A tick missed because no worker
-//! was up is caught up once at the next start. Running twice is harmless
-//! (every statement only deletes what is due, and SKIP LOCKED lets two runs
-//! share the work).
-use std::{sync::Arc, time::Duration};
+//! Scheduling is the maintenance service's (`super::Service`): once per tick
+//! of `IDEMQ_CLEANUP_SCHEDULE` for the whole fleet, a missed tick caught up at
+//! the next start. Running twice is harmless (every statement only deletes
+//! what is due, and SKIP LOCKED lets two runs share the work).
+use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerError};
-use apalis_cron::{CronScheduler, Tick};
-use chrono::{DateTime, Utc};
-use idemq_core::{config::WorkerConfig, duty, Error};
+use idemq_core::Error;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use super::{ConfigError, Duty, Schedule};
 
 /// The duty's name in `duty_ticks`.
 pub const DUTY: &str = "cleanup";
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
-pub const MAX_BATCH_SIZE: u32 = idemq_core::config::MAX_CLEANUP_BATCH_SIZE;
+/// The largest `IDEMQ_CLEANUP_BATCH_SIZE`: a batch is one transaction, and
+/// its locks must stay short.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
 /// Between two batches: lets waiting lock requests, autovacuum and
 /// replication catch up. 1,000 batches (1 M rows) spend 10 s pausing.
 pub const DEFAULT_BATCH_PAUSE: Duration = Duration::from_millis(10);
@@ -52,9 +51,6 @@ pub const STALE_WORKER_LEASES: u32 = 10;
 pub const MIN_STALE_WORKER_AGE: Duration = Duration::from_secs(60);
 /// `duty_ticks` rows are the record of past runs: kept a week.
 pub const DEFAULT_DUTY_TICK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// A claimed tick whose holder has not finished after this long is taken
-/// over by the next claimant (its holder died mid-run).
-pub const CLAIM_TAKEOVER_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Upper bound of one batch statement: a batch that takes longer is
 /// cancelled (and the run fails) rather than holding its locks.
 pub const BATCH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,21 +80,20 @@ impl Default for CleanupOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid cleanup setting {setting}: {reason}")]
-pub struct CleanupConfigError {
-    pub setting: &'static str,
-    pub reason: String,
-}
-
 /// Checked cleanup settings: validated once, at start. The default is the
 /// default options (valid: see the tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanupConfig(CleanupOptions);
 
 impl CleanupConfig {
-    pub fn new(o: CleanupOptions) -> Result<Self, CleanupConfigError> {
-        let bad = |setting, reason: String| Err(CleanupConfigError { setting, reason });
+    pub fn new(o: CleanupOptions) -> Result<Self, ConfigError> {
+        let bad = |setting, reason: String| {
+            Err(ConfigError {
+                duty: DUTY,
+                setting,
+                reason,
+            })
+        };
         if !(1..=MAX_BATCH_SIZE).contains(&o.batch_size) {
             return bad(
                 "IDEMQ_CLEANUP_BATCH_SIZE",
@@ -129,16 +124,6 @@ impl CleanupConfig {
         Ok(CleanupConfig(o))
     }
 
-    /// The settings a worker process (or `idemq cleanup`) was started with.
-    pub fn from_worker_config(cfg: &WorkerConfig) -> Result<Self, CleanupConfigError> {
-        CleanupConfig::new(CleanupOptions {
-            batch_size: cfg.cleanup_batch_size,
-            queue_retention: cfg.queue_retention,
-            stale_worker_age: DEFAULT_STALE_WORKER_AGE.max(cfg.worker_lease * STALE_WORKER_LEASES),
-            ..CleanupOptions::default()
-        })
-    }
-
     pub fn options(&self) -> &CleanupOptions {
         &self.0
     }
@@ -153,6 +138,8 @@ pub struct CleanupReport {
     pub jobs: u64,
     pub workers: u64,
     pub duty_ticks: u64,
+    /// Delete statements run (each its own short transaction).
+    pub batches: u64,
     /// Stopped early by shutdown; the next run deletes the rest.
     pub interrupted: bool,
     pub elapsed_ms: u64,
@@ -212,6 +199,7 @@ pub async fn run_observed(
                 jobs = report.jobs,
                 workers = report.workers,
                 duty_ticks = report.duty_ticks,
+                batches = report.batches,
                 total = report.total(),
                 interrupted = report.interrupted,
                 elapsed_ms = report.elapsed_ms,
@@ -307,6 +295,7 @@ async fn delete_all(
                 }
                 Err(e) => return Err(e),
             };
+            report.batches += 1;
             match table {
                 0 => report.operations += deleted,
                 1 => report.jobs += deleted,
@@ -351,142 +340,30 @@ async fn delete_batch(
     Ok(deleted)
 }
 
-/// The latest tick of `schedule` at or before `now`: the one a worker
-/// starting at `now` checks was run (catch-up).
-pub fn latest_due(schedule: &cron::Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    // `after(t)` iterates from t; going back from just after `now` gives the
-    // last tick at or before `now`.
-    schedule
-        .after(&(now + chrono::Duration::milliseconds(1)))
-        .next_back()
+/// The scheduled cleanup: the duty the maintenance service runs.
+#[derive(Debug, Clone)]
+pub struct Cleanup {
+    /// `IDEMQ_CLEANUP_SCHEDULE`.
+    pub schedule: cron::Schedule,
+    pub config: CleanupConfig,
 }
 
-/// The cleanup duty of one worker process: claims ticks and runs the ones it
-/// wins, one at a time.
-#[derive(Debug)]
-pub struct CleanupDuty {
-    pool: PgPool,
-    config: CleanupConfig,
-    instance: String,
-    stop: CancellationToken,
-    /// A run still going when the next tick fires: this process leaves that
-    /// tick to the others (or to nobody: the running cleanup deletes it all).
-    running: tokio::sync::Mutex<()>,
-}
+impl Duty for Cleanup {
+    const NAME: &'static str = DUTY;
+    type Report = CleanupReport;
 
-impl CleanupDuty {
-    pub fn new(pool: PgPool, config: CleanupConfig, instance: &str, stop: CancellationToken) -> Self {
-        CleanupDuty {
-            pool,
-            config,
-            instance: instance.to_owned(),
-            stop,
-            running: tokio::sync::Mutex::new(()),
-        }
+    fn schedule(&self) -> Schedule {
+        Schedule::Cron(Box::new(self.schedule.clone()))
     }
 
-    /// Runs `tick` if this process wins its claim. `Ok(None)`: another
-    /// process has it (or this one is still busy with an earlier tick).
-    pub async fn run_tick(&self, tick: DateTime<Utc>, why: &str) -> Result<Option<CleanupReport>, Error> {
-        let Ok(_running) = self.running.try_lock() else {
-            tracing::info!(%tick, why, "cleanup tick skipped: an earlier cleanup is still running here");
-            return Ok(None);
-        };
-        let Some(claim) = duty::claim(&self.pool, DUTY, tick, &self.instance, CLAIM_TAKEOVER_AFTER).await?
-        else {
-            tracing::debug!(%tick, why, "cleanup tick claimed by another worker");
-            return Ok(None);
-        };
-        tracing::info!(%tick, why, "cleanup tick claimed: running");
-        let report = run_until(&self.pool, &self.config, &self.stop).await?;
-        let result = serde_json::to_value(report).map_err(|e| Error::Corrupt(e.to_string()))?;
-        duty::finish(&self.pool, &claim, &result).await?;
-        Ok(Some(report))
+    async fn run_once(&self, pool: &PgPool, stop: &CancellationToken) -> Result<CleanupReport, Error> {
+        run_until(pool, &self.config, stop).await
     }
-
-    /// At start: if the latest tick due by now was never run (no worker was
-    /// up, or its runner died), run it, once.
-    pub async fn catch_up(
-        &self,
-        schedule: &cron::Schedule,
-        now: DateTime<Utc>,
-    ) -> Result<Option<CleanupReport>, Error> {
-        let Some(due) = latest_due(schedule, now) else {
-            return Ok(None);
-        };
-        let ran = match duty::last_tick(&self.pool, DUTY).await? {
-            Some(last) if last > due => None,
-            // Claimed before: `claim` only succeeds if that run never finished
-            // and its holder is long gone.
-            _ => self.run_tick(due, "catch-up").await?,
-        };
-        if ran.is_none() {
-            tracing::info!(%due, "cleanup catch-up: nothing missed (the last due tick was run, or is running)");
-        }
-        Ok(ran)
-    }
-}
-
-/// The apalis-cron handler: the tick's scheduled time (the same in every
-/// process, unlike `now()`) names the tick.
-async fn on_tick(tick: Tick, duty: Data<Arc<CleanupDuty>>) -> Result<(), BoxDynError> {
-    let at = i64::try_from(tick.get_timestamp())
-        .ok()
-        .and_then(|s| DateTime::from_timestamp(s, 0))
-        .ok_or_else(|| format!("cron tick {} out of range", tick.get_timestamp()))?;
-    if let Err(e) = duty.run_tick(at, "schedule").await {
-        // Logged here with the word `cleanup`; the next tick tries again.
-        tracing::error!(tick = %at, error = %e, "cleanup tick failed");
-        return Err(Box::new(e));
-    }
-    Ok(())
-}
-
-/// The cleanup loop of a worker process: catches up a missed tick, then runs
-/// the schedule until `stop` is cancelled (an in-flight cleanup stops at its
-/// next batch). Ends with an error only if the scheduler itself fails.
-pub async fn run_scheduled(
-    pool: PgPool,
-    config: CleanupConfig,
-    schedule: cron::Schedule,
-    instance: String,
-    stop: CancellationToken,
-) -> Result<(), WorkerError> {
-    let duty = Arc::new(CleanupDuty::new(pool, config, &instance, stop.clone()));
-    // Taken before the scheduler starts, so that every tick after it is the
-    // scheduler's and none falls between the two.
-    let now = Utc::now();
-    let catch_up = {
-        let duty = duty.clone();
-        let schedule = schedule.clone();
-        async move {
-            if let Err(e) = duty.catch_up(&schedule, now).await {
-                tracing::error!(error = %e, "cleanup catch-up failed; the next tick runs it");
-            }
-        }
-    };
-    tracing::info!(schedule = schedule.source(), "cleanup scheduled (UTC)");
-    let worker = WorkerBuilder::new(format!("cleanup@{instance}"))
-        .backend(CronScheduler::new(schedule))
-        .data(duty)
-        .build(on_tick);
-    let scheduler = worker.run_until(async move {
-        stop.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    });
-    let ((), result) = tokio::join!(catch_up, scheduler);
-    result
 }
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
 
     #[test]
     fn defaults_are_valid() {
@@ -494,9 +371,7 @@ mod tests {
             CleanupConfig::new(CleanupOptions::default()),
             Ok(CleanupConfig::default())
         );
-        assert_eq!(CleanupConfig::default().options().batch_size, 1000);
-        let from_env = CleanupConfig::from_worker_config(&WorkerConfig::default()).unwrap();
-        assert_eq!(from_env, CleanupConfig::default());
+        assert_eq!(CleanupConfig::default().options().batch_size, DEFAULT_BATCH_SIZE);
     }
 
     #[test]
@@ -507,6 +382,12 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.setting, "IDEMQ_CLEANUP_BATCH_SIZE");
+        assert!(err.to_string().contains("IDEMQ_CLEANUP_BATCH_SIZE"), "{err}");
+        assert!(CleanupConfig::new(CleanupOptions {
+            batch_size: MAX_BATCH_SIZE + 1,
+            ..Default::default()
+        })
+        .is_err());
         assert!(CleanupConfig::new(CleanupOptions {
             stale_worker_age: Duration::from_secs(5),
             ..Default::default()
@@ -517,38 +398,11 @@ mod tests {
             ..Default::default()
         })
         .is_err());
-    }
-
-    #[test]
-    fn stale_worker_age_is_at_least_ten_leases() {
-        let cfg = WorkerConfig {
-            worker_lease: Duration::from_secs(600),
-            ..WorkerConfig::default()
-        };
-        let c = CleanupConfig::from_worker_config(&cfg).unwrap();
-        assert_eq!(c.options().stale_worker_age, Duration::from_secs(6000));
-    }
-
-    #[test]
-    fn latest_due_is_the_last_tick_at_or_before_now() {
-        let daily = cron::Schedule::from_str("0 0 2 * * *").unwrap();
-        assert_eq!(
-            latest_due(&daily, at("2026-03-10T01:59:59Z")),
-            Some(at("2026-03-09T02:00:00Z"))
-        );
-        assert_eq!(
-            latest_due(&daily, at("2026-03-10T02:00:00Z")),
-            Some(at("2026-03-10T02:00:00Z"))
-        );
-        assert_eq!(
-            latest_due(&daily, at("2026-03-10T13:30:00.500Z")),
-            Some(at("2026-03-10T02:00:00Z"))
-        );
-        let secondly = cron::Schedule::from_str("* * * * * *").unwrap();
-        assert_eq!(
-            latest_due(&secondly, at("2026-03-10T13:30:07.250Z")),
-            Some(at("2026-03-10T13:30:07Z"))
-        );
+        assert!(CleanupConfig::new(CleanupOptions {
+            queue_retention: Duration::ZERO,
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]
@@ -558,11 +412,13 @@ mod tests {
             jobs: 2,
             workers: 1,
             duty_ticks: 4,
+            batches: 5,
             ..Default::default()
         };
         assert_eq!(r.total(), 10);
         assert_eq!(r.per_table()[1], ("apalis.jobs", 2));
         let json = serde_json::to_value(r).unwrap();
         assert_eq!(json["dutyTicks"], 4);
+        assert_eq!(json["batches"], 5);
     }
 }

@@ -20,21 +20,20 @@
 //! attempt in flight holds it), re-checked there, so a run never races a
 //! worker and running twice is harmless.
 //!
-//! It runs every `IDEMQ_RECONCILE_INTERVAL` in every worker process, but once
-//! per tick for the whole fleet (`idemq_core::duty`). Every action is logged
+//! The maintenance service (`super::Service`) runs it every
+//! `IDEMQ_RECONCILE_INTERVAL`, once per tick for the whole fleet. Every action is logged
 //! with the word `reconciler`, counted in `idemq_reconciler_actions_total
 //! {action="reenqueued"|"failed"}` and in the report, which is also stored
 //! with the tick in `duty_ticks.result`.
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
-use idemq_core::{
-    config::WorkerConfig, duty, job, operation::OperationId, queue, telemetry::RECONCILER_ACTIONS, Error,
-};
+use idemq_core::{job, operation::OperationId, queue, telemetry::RECONCILER_ACTIONS, Error};
 use serde::Serialize;
 use sqlx::types::Uuid;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use super::{ConfigError, Duty, Schedule};
 
 /// The duty's name in `duty_ticks`.
 pub const DUTY: &str = "reconciler";
@@ -43,57 +42,91 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Candidates handled per run; the rest wait for the next tick.
 pub const DEFAULT_BATCH_SIZE: i64 = 500;
 
-/// Validated once, at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReconcilerConfig {
+/// `IDEMQ_JOB_MAX_ATTEMPTS`'s default.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// `IDEMQ_IDEMPOTENCY_TTL`'s default.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The knobs of the reconciler, unchecked. `ReconcilerConfig::new` checks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcilerOptions {
     /// Time between runs (one run per interval for the whole fleet).
     pub interval: Duration,
     /// An operation is left alone until it has been unchanged this long.
     pub stale_after: Duration,
     /// `IDEMQ_JOB_MAX_ATTEMPTS`: at this many attempts it is finished, not re-enqueued.
     pub max_attempts: u32,
+    /// Candidates handled per run.
     pub batch_size: i64,
     /// `IDEMQ_IDEMPOTENCY_TTL`, for the expiry of operations it finishes.
     pub idempotency_ttl: Duration,
 }
 
+impl Default for ReconcilerOptions {
+    fn default() -> Self {
+        ReconcilerOptions {
+            interval: DEFAULT_INTERVAL,
+            stale_after: DEFAULT_INTERVAL,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            batch_size: DEFAULT_BATCH_SIZE,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+        }
+    }
+}
+
+/// Checked reconciler settings: validated once, at start. The default is the
+/// default options (valid: see the tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcilerConfig(ReconcilerOptions);
+
 impl ReconcilerConfig {
-    pub fn new(
-        interval: Duration,
-        stale_after: Duration,
-        max_attempts: u32,
-        batch_size: i64,
-        idempotency_ttl: Duration,
-    ) -> Result<Self, String> {
-        if interval < MIN_INTERVAL {
-            return Err(format!(
-                "IDEMQ_RECONCILE_INTERVAL must be at least {MIN_INTERVAL:?}"
-            ));
+    pub fn new(o: ReconcilerOptions) -> Result<Self, ConfigError> {
+        let bad = |setting, reason: String| {
+            Err(ConfigError {
+                duty: DUTY,
+                setting,
+                reason,
+            })
+        };
+        if o.interval < MIN_INTERVAL {
+            return bad(
+                "IDEMQ_RECONCILE_INTERVAL",
+                format!("{:?} is shorter than {MIN_INTERVAL:?}", o.interval),
+            );
         }
-        if max_attempts == 0 {
-            return Err("IDEMQ_JOB_MAX_ATTEMPTS must be at least 1".into());
+        if o.max_attempts == 0 {
+            return bad("IDEMQ_JOB_MAX_ATTEMPTS", "must be at least 1".into());
         }
-        if batch_size < 1 {
-            return Err("the reconciler's batch size must be at least 1".into());
+        if o.batch_size < 1 {
+            return bad("batch size", format!("{} is not at least 1", o.batch_size));
         }
-        Ok(ReconcilerConfig {
-            interval,
-            stale_after,
-            max_attempts,
-            batch_size,
-            idempotency_ttl,
-        })
+        Ok(ReconcilerConfig(o))
     }
 
-    /// The process's settings: an operation is stale after one interval.
-    pub fn from_worker_config(cfg: &WorkerConfig, idempotency_ttl: Duration) -> Result<Self, String> {
-        Self::new(
-            cfg.reconcile_interval,
-            cfg.reconcile_interval,
-            cfg.job_max_attempts,
-            DEFAULT_BATCH_SIZE,
-            idempotency_ttl,
-        )
+    pub fn options(&self) -> &ReconcilerOptions {
+        &self.0
+    }
+}
+
+/// The reconciler as the maintenance service runs it: every interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reconciler {
+    pub config: ReconcilerConfig,
+}
+
+impl Duty for Reconciler {
+    const NAME: &'static str = DUTY;
+    /// Every 30 s by default: its routine steps at debug; what it does is
+    /// logged at warn.
+    const QUIET: bool = true;
+    type Report = ReconcilerReport;
+
+    fn schedule(&self) -> Schedule {
+        Schedule::Every(self.config.options().interval)
+    }
+
+    async fn run_once(&self, pool: &PgPool, stop: &CancellationToken) -> Result<ReconcilerReport, Error> {
+        run_until(pool, &self.config, stop).await
     }
 }
 
@@ -150,6 +183,17 @@ fn parse_state(s: &str) -> JobState {
 
 /// One pass over the stale unfinished operations.
 pub async fn run_once(pool: &PgPool, cfg: &ReconcilerConfig) -> Result<ReconcilerReport, Error> {
+    run_until(pool, cfg, &CancellationToken::new()).await
+}
+
+/// One pass that stops between two candidates once `stop` is cancelled (the
+/// rest wait for the next tick).
+pub async fn run_until(
+    pool: &PgPool,
+    cfg: &ReconcilerConfig,
+    stop: &CancellationToken,
+) -> Result<ReconcilerReport, Error> {
+    let cfg = cfg.options();
     let stale_ms = i64::try_from(cfg.stale_after.as_millis()).unwrap_or(i64::MAX / 2) as f64;
     let candidates: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT o.id FROM operations o
@@ -170,6 +214,9 @@ pub async fn run_once(pool: &PgPool, cfg: &ReconcilerConfig) -> Result<Reconcile
         ..Default::default()
     };
     for id in candidates {
+        if stop.is_cancelled() {
+            break;
+        }
         reconcile_one(pool, cfg, OperationId::from_uuid(id), &mut report).await?;
     }
     if report.actions() > 0 {
@@ -182,7 +229,7 @@ pub async fn run_once(pool: &PgPool, cfg: &ReconcilerConfig) -> Result<Reconcile
 
 async fn reconcile_one(
     pool: &PgPool,
-    cfg: &ReconcilerConfig,
+    cfg: &ReconcilerOptions,
     op: OperationId,
     report: &mut ReconcilerReport,
 ) -> Result<(), Error> {
@@ -239,91 +286,33 @@ async fn reconcile_one(
     Ok(())
 }
 
-/// The tick a moment belongs to: `at` rounded down to a multiple of the
-/// interval since the Unix epoch, so that every process computes the same.
-pub fn tick_of(at: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
-    let step = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
-    let ms = at.timestamp_millis();
-    Utc.timestamp_millis_opt(ms - ms.rem_euclid(step))
-        .single()
-        .unwrap_or(at)
-}
-
-/// The loop of a worker process: at each tick, claim it and, if this
-/// process won, run once. Errors are logged and the next tick tries again;
-/// it ends (`Ok`) when `stop` is cancelled.
-pub async fn run_scheduled(
-    pool: PgPool,
-    cfg: ReconcilerConfig,
-    instance: String,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    tracing::info!(interval = ?cfg.interval, "reconciler scheduled");
-    loop {
-        let tick = tick_of(Utc::now(), cfg.interval);
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            r = run_tick(&pool, &cfg, &instance, tick) => {
-                if let Err(e) = r {
-                    tracing::error!(%tick, error = %e, "reconciler tick failed; the next tick tries again");
-                }
-            }
-        }
-        // Sleep to the next tick, plus a little jitter so that the fleet's
-        // claims do not all arrive in the same millisecond.
-        let next = tick + chrono::Duration::from_std(cfg.interval).unwrap_or(chrono::Duration::MAX);
-        let wait = (next - Utc::now()).to_std().unwrap_or_default()
-            + Duration::from_millis(rand::random_range(0..=50));
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Claims `tick` for this process and runs the reconciler if it won.
-pub async fn run_tick(
-    pool: &PgPool,
-    cfg: &ReconcilerConfig,
-    instance: &str,
-    tick: DateTime<Utc>,
-) -> Result<Option<ReconcilerReport>, Error> {
-    // A holder that died mid-run is replaced after one interval.
-    let Some(claim) = duty::claim(pool, DUTY, tick, instance, cfg.interval).await? else {
-        return Ok(None);
-    };
-    let report = run_once(pool, cfg).await?;
-    let result = serde_json::to_value(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
-    duty::finish(pool, &claim, &result).await?;
-    Ok(Some(report))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn config_is_validated() {
-        let day = Duration::from_secs(86_400);
-        assert!(ReconcilerConfig::new(DEFAULT_INTERVAL, DEFAULT_INTERVAL, 8, 10, day).is_ok());
-        let err = ReconcilerConfig::new(Duration::from_millis(10), DEFAULT_INTERVAL, 8, 10, day).unwrap_err();
-        assert!(err.contains("IDEMQ_RECONCILE_INTERVAL"), "{err}");
-        assert!(ReconcilerConfig::new(DEFAULT_INTERVAL, DEFAULT_INTERVAL, 0, 10, day).is_err());
-        assert!(ReconcilerConfig::new(DEFAULT_INTERVAL, DEFAULT_INTERVAL, 8, 0, day).is_err());
-        let from_env = ReconcilerConfig::from_worker_config(&WorkerConfig::default(), day).unwrap();
-        assert_eq!(from_env.interval, DEFAULT_INTERVAL);
-        assert_eq!(from_env.max_attempts, 8);
-    }
-
-    #[test]
-    fn ticks_are_the_same_in_every_process() {
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        let i = Duration::from_secs(30);
+    fn config_is_validated_once_naming_the_setting() {
         assert_eq!(
-            tick_of(at("2026-03-10T10:00:29.999Z"), i),
-            at("2026-03-10T10:00:00Z")
+            ReconcilerConfig::new(ReconcilerOptions::default()),
+            Ok(ReconcilerConfig::default())
         );
-        assert_eq!(tick_of(at("2026-03-10T10:00:30Z"), i), at("2026-03-10T10:00:30Z"));
-        assert_eq!(tick_of(at("2026-03-10T10:00:31Z"), i), at("2026-03-10T10:00:30Z"));
+        assert_eq!(ReconcilerConfig::default().options().interval, DEFAULT_INTERVAL);
+        let err = ReconcilerConfig::new(ReconcilerOptions {
+            interval: Duration::from_millis(10),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.setting, "IDEMQ_RECONCILE_INTERVAL");
+        assert!(err.to_string().contains("IDEMQ_RECONCILE_INTERVAL"), "{err}");
+        assert!(ReconcilerConfig::new(ReconcilerOptions {
+            max_attempts: 0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(ReconcilerConfig::new(ReconcilerOptions {
+            batch_size: 0,
+            ..Default::default()
+        })
+        .is_err());
     }
 }
