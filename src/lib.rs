@@ -1,6 +1,7 @@
 //! The `idemq` binary's library: the command line, `idemq dev`, and the
 //! private Postgres cluster (shared with the test harness).
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod json_log;

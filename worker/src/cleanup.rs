@@ -26,16 +26,18 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerError};
 use apalis_cron::{CronScheduler, Tick};
 use chrono::{DateTime, Utc};
-use idemq_core::{config::WorkerConfig, duty, Error};
+use idemq_core::{duty, Error};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerConfig;
 
 /// The duty's name in `duty_ticks`.
 pub const DUTY: &str = "cleanup";
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
-pub const MAX_BATCH_SIZE: u32 = idemq_core::config::MAX_CLEANUP_BATCH_SIZE;
+pub const MAX_BATCH_SIZE: u32 = crate::config::MAX_CLEANUP_BATCH_SIZE;
 /// Between two batches: lets waiting lock requests, autovacuum and
 /// replication catch up. 1,000 batches (1 M rows) spend 10 s pausing.
 pub const DEFAULT_BATCH_PAUSE: Duration = Duration::from_millis(10);

@@ -28,13 +28,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use idemq_core::{
-    config::WorkerConfig, duty, job, operation::OperationId, queue, telemetry::RECONCILER_ACTIONS, Error,
-};
+use idemq_core::{duty, job, operation::OperationId, queue, telemetry::RECONCILER_ACTIONS, Error};
 use serde::Serialize;
 use sqlx::types::Uuid;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerConfig;
 
 /// The duty's name in `duty_ticks`.
 pub const DUTY: &str = "reconciler";
