@@ -95,9 +95,9 @@ impl AppState {
 /// 7. answer: `idempotency::answer` (202 with `views::OperationView`, or the
 ///    stored response).
 ///
-/// The key is read after the body's size and media type are checked (steps
-/// 3 and 4 as the handlers' extractors order them), so a request with both
-/// wrong is answered 413/415 first.
+/// Steps 3 and 4 overlap: the body extractor runs before the handler reads
+/// the key, so a request with a bad key and a body too large (or not JSON)
+/// is answered 413 (or 415).
 pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     use routes::*;
     use utoipa::OpenApi;
