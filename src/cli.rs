@@ -3,9 +3,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use idemq_core::config::{ApiConfig, DatabaseConfig, SharedConfig, WorkerConfig};
+use idemq_api::config::ApiConfig;
+use idemq_worker::config::WorkerConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{DatabaseConfig, SharedConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,12 +136,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api { api } => {
             let pool = connect(&cli.db).await?;
             let shutdown = shutdown_on_signal();
-            let listeners = bind_api(&api).await?;
+            let listeners = idemq_api::process::bind_api(&api).await?;
             println!("api listening on http://{}", listeners.api_addr()?);
             if let Some(ops) = listeners.ops_addr() {
                 println!("ops listening on http://{ops}");
             }
-            serve_api(listeners, pool, &api, cli.shared.idempotency_ttl, shutdown).await
+            let metrics = crate::telemetry::install_metrics();
+            let ttl = cli.shared.idempotency_ttl;
+            idemq_api::process::serve_api(listeners, pool, &api, ttl, metrics, shutdown).await
         }
         Command::Worker { worker, health_addr } => {
             let pool = connect_sized(&cli.db, cli.db.worker_pool(&worker)).await?;
@@ -356,104 +361,6 @@ fn redact(raw: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.into()
-}
-
-/// The public listener and, when `IDEMQ_OPS_TOKEN` is set, the ops listener.
-pub struct ApiListeners {
-    pub api: tokio::net::TcpListener,
-    pub ops: Option<tokio::net::TcpListener>,
-}
-
-impl ApiListeners {
-    pub fn api_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.api.local_addr()
-    }
-    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
-        self.ops.as_ref().and_then(|l| l.local_addr().ok())
-    }
-}
-
-pub async fn bind_api(api: &ApiConfig) -> anyhow::Result<ApiListeners> {
-    let listener = tokio::net::TcpListener::bind(api.api_addr)
-        .await
-        .with_context(|| format!("binding IDEMQ_API_ADDR {}", api.api_addr))?;
-    let ops = match api.ops_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(_) => Some(
-            tokio::net::TcpListener::bind(api.ops_addr)
-                .await
-                .with_context(|| format!("binding IDEMQ_OPS_ADDR {}", api.ops_addr))?,
-        ),
-        None => {
-            tracing::warn!("IDEMQ_OPS_TOKEN is not set: the ops listener (dashboard, /metrics) is off");
-            None
-        }
-    };
-    Ok(ApiListeners { api: listener, ops })
-}
-
-/// Serves the API (and the ops listener) until `shutdown`.
-pub async fn serve_api(
-    listeners: ApiListeners,
-    pool: PgPool,
-    api: &ApiConfig,
-    idempotency_ttl: Duration,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    serve_api_with(listeners, pool, api, idempotency_ttl, shutdown, None).await
-}
-
-/// `serve_api`, with `extra` routes beside the API's (`idemq dev`'s demo page).
-pub async fn serve_api_with(
-    listeners: ApiListeners,
-    pool: PgPool,
-    api: &ApiConfig,
-    idempotency_ttl: Duration,
-    shutdown: CancellationToken,
-    extra: Option<axum::Router>,
-) -> anyhow::Result<()> {
-    let metrics = crate::telemetry::install_metrics();
-    tracing::info!(addr = %listeners.api_addr()?, "api listening");
-    let ops_task = match (listeners.ops, api.ops_token.clone()) {
-        (Some(listener), Some(token)) => {
-            tracing::info!(addr = %listener.local_addr()?, "ops listening");
-            let state = idemq_api::ops::OpsState {
-                pool: pool.clone(),
-                token: token.into(),
-                metrics,
-                idempotency_ttl,
-                session: idemq_api::ops::auth::Sessions::new(api.ops_https),
-                shutdown: shutdown.clone(),
-            };
-            idemq_api::ops::spawn_gauges(pool.clone(), shutdown.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, idemq_api::ops::router(state))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }))
-        }
-        _ => None,
-    };
-    let state = idemq_api::AppState::new(pool, api);
-    let served = match extra {
-        None => idemq_api::serve(listeners.api, state, shutdown.clone()).await,
-        Some(extra) => {
-            let stop = shutdown.clone();
-            let app = idemq_api::router(state).merge(extra);
-            axum::serve(
-                listeners.api,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        }
-    };
-    shutdown.cancel();
-    if let Some(task) = ops_task {
-        task.await??;
-    }
-    served?;
-    Ok(())
 }
 
 /// Cancelled on SIGTERM or SIGINT (Ctrl-C). A second signal exits at once.

@@ -2,9 +2,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use idemq_core::config::{ApiConfig, DatabaseConfig, SharedConfig, WorkerConfig};
+use idemq_api::config::ApiConfig;
+use idemq_worker::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{DatabaseConfig, SharedConfig};
 use idemq_devcluster::{ClusterOptions, PgCluster};
 
 /// Where `idemq dev` keeps its private cluster (reused on the next run).
@@ -89,15 +91,17 @@ async fn run_on(
         .ops_token
         .get_or_insert_with(|| format!("ops_{}", uuid_like()))
         .clone();
-    let listeners = crate::cli::bind_api(&api).await?;
+    let listeners = idemq_api::process::bind_api(&api).await?;
     let addr = listeners.api_addr()?;
     let ops_addr = listeners.ops_addr();
     let ttl = shared.idempotency_ttl;
     let api_pool = pool.clone();
     let api_shutdown = shutdown.clone();
     let demo = crate::demo::router(&token);
+    let metrics = crate::telemetry::install_metrics();
     let api_task = tokio::spawn(async move {
-        crate::cli::serve_api_with(listeners, api_pool, &api, ttl, api_shutdown, Some(demo)).await
+        let extra = Some(demo);
+        idemq_api::process::serve_api_with(listeners, api_pool, &api, ttl, metrics, api_shutdown, extra).await
     });
     let settings = idemq_worker::WorkerSettings {
         config: worker,

@@ -20,11 +20,7 @@ use axum::{
 use idemq_core::principal::{self, Principal, TokenHash, REVOKED_CHANNEL};
 use sqlx::{postgres::PgListener, PgPool};
 
-use crate::{
-    error::ApiError,
-    rate_limit::{client_ip, Class, Limits, Subject, Verdict, RATELIMIT},
-    AppState,
-};
+use crate::{error::ApiError, rate_limit, AppState};
 
 /// How long a token stays trusted after a lookup: a revoked token whose
 /// notice was lost keeps working at most this long.
@@ -128,24 +124,21 @@ fn bearer(req: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Middleware of every authenticated route: resolves the principal (or
-/// 401), then takes one request from its budget (or 429) — all before any
-/// handler touches the database. Adds `RateLimit` to the answer.
-pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let class = Class::of(req.method());
-    let limits = state.limits.as_deref();
+/// Step 1 of the request path, a layer of every authenticated route: the
+/// bearer token's principal, or 401. A token not in the cache costs a
+/// database lookup, so such a request (and one without a token) is first
+/// charged to its client IP's budget (`rate_limit::charge_ip`): guessing
+/// tokens is limited, and a request that fails authentication is limited per
+/// IP. The principal goes to the next step (`rate_limit::per_principal`) in
+/// the request's extensions.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = bearer(&req).map(TokenHash::of);
     let principal = match token {
         Some(hash) => match state.tokens.get(&hash) {
             Some(p) => Some(p),
             None => {
-                // A token we do not know yet costs a lookup: it is charged to
-                // the client IP first, so guessing tokens is limited.
-                if let Some(l) = limits {
-                    if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await
-                    {
-                        return r;
-                    }
+                if let Some(refused) = rate_limit::charge_ip(&state, &req).await {
+                    return refused;
                 }
                 let epoch = state.tokens.epoch();
                 match principal::authenticate(&state.pool, &hash).await {
@@ -159,10 +152,8 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             }
         },
         None => {
-            if let Some(l) = limits {
-                if let Verdict::Limited(r) = ip_check(l, client_ip(&req, state.trust_proxy), class).await {
-                    return r;
-                }
+            if let Some(refused) = rate_limit::charge_ip(&state, &req).await {
+                return refused;
             }
             None
         }
@@ -170,29 +161,6 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
-    let verdict = match limits {
-        Some(l) => Some(
-            l.check(class, Subject::Principal(principal.id()), principal.name())
-                .await,
-        ),
-        None => None,
-    };
-    let ratelimit = match verdict {
-        // The `rate-limit` line names the principal itself: the refusal
-        // skips re-recording the span's fields (a re-serialisation).
-        Some(Verdict::Limited(r)) => return r,
-        Some(Verdict::Allowed(h)) => Some(h),
-        None => None,
-    };
-    tracing::Span::current().record("principal", principal.name());
     req.extensions_mut().insert(principal);
-    let mut response = next.run(req).await;
-    if let Some(h) = ratelimit {
-        response.headers_mut().insert(RATELIMIT, h);
-    }
-    response
-}
-
-async fn ip_check(limits: &Limits, ip: std::net::IpAddr, class: Class) -> Verdict {
-    limits.check(class, Subject::Ip(ip), &ip.to_string()).await
+    next.run(req).await
 }

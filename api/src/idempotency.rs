@@ -196,9 +196,9 @@ pub async fn answer(
         )
             .into_response(),
         None => {
-            let mut r = json_response(StatusCode::ACCEPTED, op.view_json()?);
+            let mut r = json_response(StatusCode::ACCEPTED, crate::views::operation_json(&op)?);
             r.headers_mut()
-                .insert(header::LOCATION, header_value(&op.location()));
+                .insert(header::LOCATION, header_value(&crate::views::location(op.id)));
             r
         }
     };

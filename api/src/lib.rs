@@ -1,13 +1,17 @@
 //! The public HTTP API (docs/request-path.md).
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod extract;
 pub mod final_answers;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
+pub mod process;
 pub mod rate_limit;
 pub mod routes;
+pub mod schemas;
+pub mod views;
 pub mod waiters;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -16,16 +20,19 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware, Router,
 };
-use idemq_core::{
-    config::{ApiConfig, RateLimitScope},
-    notifier::Notifier,
-};
+use idemq_core::notifier::Notifier;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::{auth::TokenCache, error::ApiError, final_answers::FinalAnswers, waiters::Waiters};
+use crate::{
+    auth::TokenCache,
+    config::{ApiConfig, RateLimitScope},
+    error::ApiError,
+    final_answers::FinalAnswers,
+    waiters::Waiters,
+};
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -73,6 +80,24 @@ impl AppState {
 }
 
 /// The public router and the OpenAPI document, from the same registrations.
+///
+/// An authenticated request meets the steps of the request path (docs/request-path.md)
+/// in this order:
+/// 1. authenticate: `auth::authenticate` (layer; 401, and per client IP a
+///    429 before its database lookup of an unknown token);
+/// 2. rate limit: `rate_limit::per_principal` (layer; 429);
+/// 3. key: `idempotency::submit` reads `Idempotency-Key` (400);
+/// 4. body: the `extract::LimitedBody` extractor (413, 415), then
+///    `idempotency::parse_body` and the route's checks in `submit` (400);
+/// 5. fingerprint: `submit`, over method, route, path parameters and body;
+/// 6. record: `submit` records the operation and its job in one transaction
+///    (`idemq_core::idempotency::begin`);
+/// 7. answer: `idempotency::answer` (202 with `views::OperationView`, or the
+///    stored response).
+///
+/// Steps 3 and 4 overlap: the body extractor runs before the handler reads
+/// the key, so a request with a bad key and a body too large (or not JSON)
+/// is answered 413 (or 415).
 pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     use routes::*;
     use utoipa::OpenApi;
@@ -86,7 +111,14 @@ pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(meter_readings::record))
         .routes(routes!(meter_readings::list))
         .routes(routes!(operations::get))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
+        // The layer added last runs first.
+        // 2. Rate limit: the principal's budget of the route class.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::per_principal,
+        ))
+        // 1. Authenticate: the bearer token's principal.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -8,16 +8,6 @@
 //! every answer must be documented. The constraints below therefore restate
 //! the server's rules (the `Id` extractor, `require_text`, `Text`, the key
 //! parser); keep them in step when those change.
-use idemq_core::{
-    business::{
-        approvals::{Application, Approve, Contract, Reject},
-        meter_readings::{MeterReading, RecordReading},
-        payments::{Invoice, MarkPaid},
-    },
-    operation::{Links, OperationView, ResponseView},
-    problem::Problem,
-};
-use serde::Serialize;
 use utoipa::{
     openapi::{
         schema::{Object, Schema},
@@ -25,6 +15,13 @@ use utoipa::{
         RefOr,
     },
     IntoParams, Modify, OpenApi, ToResponse, ToSchema,
+};
+
+use crate::{
+    schemas::{
+        Application, Approve, Contract, Invoice, MarkPaid, MeterReading, Problem, RecordReading, Reject,
+    },
+    views::{Links, OperationView, ResponseView},
 };
 
 /// Characters allowed in a path id or a text field: anything but the
@@ -222,29 +219,29 @@ pub struct InternalError(pub Problem);
 #[response(content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
 pub struct ServiceUnavailable(pub Problem);
 
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 pub struct InvoiceBody {
     pub invoice: Invoice,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 pub struct ApplicationBody {
     pub application: Application,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 pub struct ApprovalBody {
     pub application: Application,
     pub contract: Option<Contract>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterReadingBody {
     pub meter_reading: MeterReading,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterReadingList {
     pub contract_id: String,

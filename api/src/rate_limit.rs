@@ -7,6 +7,7 @@
 pub mod fleet;
 
 use std::{
+    future::Future,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     sync::Arc,
@@ -14,8 +15,9 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Request},
+    extract::{ConnectInfo, Request, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use governor::{
@@ -25,10 +27,12 @@ use governor::{
     Quota, RateLimiter,
 };
 use idemq_core::{
-    config::RateSpec,
+    principal::Principal,
     problem::{CONTENT_TYPE, TYPE_BASE},
 };
 use uuid::Uuid;
+
+use crate::{config::RateSpec, error::ApiError, AppState};
 
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -249,6 +253,61 @@ fn ceil_secs(d: Duration) -> u64 {
 
 fn field(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Step 2 of the request path, the layer after `auth::authenticate`: takes
+/// one request from the principal's budget of the route's class, or answers
+/// 429 — before any handler touches the database, and (tokens cached, the
+/// fleet's budget leased) without a database round trip. Adds `RateLimit`
+/// to the answer.
+pub async fn per_principal(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Taken out and put back: no borrow of the request across the check.
+    let Some(principal) = req.extensions_mut().remove::<Principal>() else {
+        // Only if this layer ran without `authenticate` before it: refuse.
+        return ApiError::Unauthorized.into_response();
+    };
+    let ratelimit = match state.limits.as_deref() {
+        Some(limits) => {
+            let subject = Subject::Principal(principal.id());
+            match limits
+                .check(Class::of(req.method()), subject, principal.name())
+                .await
+            {
+                // The `rate-limit` line names the principal itself: the
+                // refusal skips recording the span's field (a re-serialisation).
+                Verdict::Limited(refused) => return refused,
+                Verdict::Allowed(h) => Some(h),
+            }
+        }
+        None => None,
+    };
+    tracing::Span::current().record("principal", principal.name());
+    req.extensions_mut().insert(principal);
+    let mut response = next.run(req).await;
+    if let Some(h) = ratelimit {
+        response.headers_mut().insert(RATELIMIT, h);
+    }
+    response
+}
+
+/// Charges the client IP of a request whose token is not known good,
+/// before authentication looks it up (see `auth::authenticate`). Client
+/// IPs are counted per process. `Some`: the 429 to answer.
+/// (The request is read before the future starts: it is not `Sync`, so the
+/// future must not hold it.)
+pub fn charge_ip<'a>(
+    state: &'a AppState,
+    req: &Request,
+) -> impl Future<Output = Option<Response>> + Send + 'a {
+    let class = Class::of(req.method());
+    let ip = client_ip(req, state.trust_proxy);
+    async move {
+        let limits = state.limits.as_deref()?;
+        match limits.check(class, Subject::Ip(ip), &ip.to_string()).await {
+            Verdict::Limited(refused) => Some(refused),
+            Verdict::Allowed(_) => None,
+        }
+    }
 }
 
 /// The client IP: the socket's peer, or with `trust_proxy` the last address

@@ -2,11 +2,9 @@
 use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::{fingerprint::Fingerprint, Error};
+use crate::fingerprint::Fingerprint;
 
 /// `op_` + 32 hex digits. Time-ordered (UUIDv7) so the table's index stays warm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,71 +175,6 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Operation {
             expires_at: row.try_get("expires_at")?,
             response,
         })
-    }
-}
-
-/// The public representation (docs/routes-and-answers.md, "The operation").
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OperationView<'a> {
-    /// `op_` + 32 hex digits.
-    pub id: String,
-    /// invoice.mark_paid, application.approve, application.reject or meter_reading.record.
-    pub kind: &'static str,
-    /// queued, running, succeeded or failed.
-    pub status: &'static str,
-    pub idempotency_key: &'a str,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub response: Option<ResponseView<'a>>,
-    pub links: Links,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ResponseView<'a> {
-    pub status: u16,
-    /// The stored body embedded as is: the same bytes a replay returns.
-    #[schema(value_type = Object)]
-    pub body: &'a RawValue,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Links {
-    #[serde(rename = "self")]
-    #[schema(rename = "self")]
-    pub self_: String,
-}
-
-impl Operation {
-    pub fn location(&self) -> String {
-        format!("/operations/{}", self.id)
-    }
-
-    pub fn view(&self) -> Result<OperationView<'_>, Error> {
-        let response = match &self.response {
-            Some(r) => Some(ResponseView {
-                status: r.status,
-                body: serde_json::from_str::<&RawValue>(&r.body)
-                    .map_err(|e| Error::Corrupt(format!("stored body of {}: {e}", self.id)))?,
-            }),
-            None => None,
-        };
-        Ok(OperationView {
-            id: self.id.to_string(),
-            kind: self.kind.as_str(),
-            status: self.status.as_str(),
-            idempotency_key: &self.key,
-            created_at: self.created_at,
-            finished_at: self.finished_at,
-            response,
-            links: Links {
-                self_: self.location(),
-            },
-        })
-    }
-
-    pub fn view_json(&self) -> Result<String, Error> {
-        serde_json::to_string(&self.view()?).map_err(|e| Error::Corrupt(e.to_string()))
     }
 }
 

@@ -15,10 +15,9 @@ pub const TYPE_BASE: &str = "https://idemq.dev/problems/";
 /// internal-error; stored by jobs: invoice-not-found, invoice-already-paid,
 /// application-not-found, application-not-pending, contract-not-found,
 /// reading-below-last, operation-failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     #[serde(rename = "type")]
-    #[schema(example = "https://idemq.dev/problems/idempotency-key-missing")]
     pub type_uri: String,
     pub title: String,
     pub status: u16,

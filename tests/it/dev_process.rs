@@ -45,7 +45,7 @@ async fn idemq_dev_comes_up_serves_healthz_and_stops_on_sigint() {
     let ops_token = rest.rsplit_once("password ").expect("ops password").1.trim();
     assert_ne!(
         ops_addr.port(),
-        idemq_core::config::DEFAULT_OPS_ADDR
+        idemq_api::config::DEFAULT_OPS_ADDR
             .parse::<std::net::SocketAddr>()
             .unwrap()
             .port(),

@@ -9,8 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq_core::config::{ApiConfig, WorkerConfig};
+use idemq_api::config::ApiConfig;
 use idemq_devcluster::{ClusterOptions, PgCluster};
+use idemq_worker::config::WorkerConfig;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use sqlx::{postgres::PgPoolOptions, PgPool};
@@ -144,7 +145,7 @@ pub fn test_worker_config() -> WorkerConfig {
         // Off in tests unless a test is about it (tests/it/cleanup.rs): a
         // worker would otherwise catch up today's 02:00 run at start.
         cleanup_enabled: false,
-        cleanup_schedule: idemq_core::config::parse_cron(idemq_core::config::DEFAULT_CLEANUP_SCHEDULE)
+        cleanup_schedule: idemq_worker::config::parse_cron(idemq_worker::config::DEFAULT_CLEANUP_SCHEDULE)
             .unwrap(),
         queue_retention: Duration::from_secs(24 * 3600),
         cleanup_batch_size: 1000,
@@ -162,9 +163,9 @@ pub fn test_api_config() -> ApiConfig {
         // Off here: most tests send more than 10 mutating requests a minute.
         // The rate-limit tests switch it on.
         rate_limit_enabled: false,
-        rate_limit_sensitive: idemq_core::config::RateSpec::parse("10/min").unwrap(),
-        rate_limit_read: idemq_core::config::RateSpec::parse("1200/min").unwrap(),
-        rate_limit_scope: idemq_core::config::RateLimitScope::Fleet,
+        rate_limit_sensitive: idemq_api::config::RateSpec::parse("10/min").unwrap(),
+        rate_limit_read: idemq_api::config::RateSpec::parse("1200/min").unwrap(),
+        rate_limit_scope: idemq_api::config::RateLimitScope::Fleet,
         trust_proxy: false,
     }
 }

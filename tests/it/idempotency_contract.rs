@@ -505,7 +505,7 @@ async fn prefer_wait_without_a_worker_answers_202_when_the_wait_is_over() {
 
 #[tokio::test]
 async fn with_the_key_requirement_off_a_request_without_a_key_is_a_new_operation() {
-    let app = spawn_app_with(idemq_core::config::ApiConfig {
+    let app = spawn_app_with(idemq_api::config::ApiConfig {
         require_idempotency_key: false,
         ..test_api_config()
     })

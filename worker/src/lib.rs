@@ -2,6 +2,7 @@
 //! `job_runner::handle_job`, plus the fleet's background duties
 //! (`maintenance`: cleanup, reconciler) and a database watchdog. See `supervise` for how the process
 //! stays alive only while it is healthy.
+pub mod config;
 pub mod faults;
 pub mod job_runner;
 pub mod maintenance;
@@ -11,11 +12,12 @@ pub mod wake_strategy;
 use std::{sync::Arc, time::Duration};
 
 use apalis_postgres::Config as QueueConfig;
-use idemq_core::{config::WorkerConfig, queue};
+use idemq_core::queue;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use config::WorkerConfig;
 pub use job_runner::JobRunner;
 
 /// Heartbeats per lease: a worker is declared dead after missing this many.

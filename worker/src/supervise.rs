@@ -25,11 +25,12 @@ use apalis::prelude::*;
 use apalis_core::backend::ext::poll_strategy::PollWith;
 use apalis_core::backend::finalize::DurableError;
 use apalis_postgres::PostgresStorage;
-use idemq_core::{config::WorkerConfig, queue::JobPayload};
+use idemq_core::queue::JobPayload;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::WorkerConfig,
     job_runner::{self, JobRunner},
     wake_strategy::{JobNotices, WakeOrPoll},
 };
@@ -41,7 +42,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between pings while waiting for the database to come back.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
-pub use idemq_core::config::WORKER_SPARE_CONNECTIONS as SPARE_CONNECTIONS;
+pub use crate::config::WORKER_SPARE_CONNECTIONS as SPARE_CONNECTIONS;
 
 /// Warns when the pool cannot serve every job slot and still leave room for
 /// heartbeats: starved heartbeats time out, the queue loop ends, and its

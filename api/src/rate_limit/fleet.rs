@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq_core::config::RateSpec;
+use crate::config::RateSpec;
 use sqlx::PgPool;
 use uuid::Uuid;
 

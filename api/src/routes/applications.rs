@@ -7,9 +7,7 @@ use axum::{
 use idemq_core::{
     business::approvals::{self, Approve, Reject},
     operation::OperationKind,
-    operation::OperationView,
     principal::Principal,
-    problem::Problem,
 };
 use serde_json::json;
 
@@ -18,6 +16,8 @@ use crate::{
     error::ApiError,
     extract::{Id, LimitedBody},
     idempotency::{json_response, submit, Submission},
+    schemas::{self, Problem},
+    views::OperationView,
     AppState,
 };
 
@@ -81,7 +81,7 @@ pub async fn approve(
 /// Reject a pending application.
 #[utoipa::path(patch, path = "/applications/{id}/reject", tag = "applications", operation_id = "rejectApplication",
     params(crate::openapi::IdPath, crate::openapi::IdempotencyKeyHeader, crate::openapi::PreferHeader),
-    request_body = Reject,
+    request_body = schemas::Reject,
     responses(
         (status = 202, description = "Accepted (or a replay of an unfinished operation): poll `Location`", body = OperationView, headers(
             ("Location" = String, description = "/operations/{id}"),

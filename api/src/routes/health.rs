@@ -15,7 +15,7 @@ pub async fn healthz() -> Response {
     responses((status = 200, description = "ready: `{\"status\": \"ready\", …}`", content_type = "application/json", body = serde_json::Value),
         (status = 500, response = crate::openapi::InternalError),
         (status = 503, description = "service-unavailable: the database is unreachable or migrations are not applied",
-            body = idemq_core::problem::Problem, content_type = "application/problem+json",
+            body = crate::schemas::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !idemq_core::db::migrations_current(&state.pool).await? {

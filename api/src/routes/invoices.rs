@@ -7,9 +7,7 @@ use axum::{
 use idemq_core::{
     business::payments::{self, MarkPaid},
     operation::OperationKind,
-    operation::OperationView,
     principal::Principal,
-    problem::Problem,
 };
 use serde_json::json;
 
@@ -18,6 +16,8 @@ use crate::{
     error::ApiError,
     extract::{Id, LimitedBody},
     idempotency::{json_response, submit, Submission},
+    schemas::{self, Problem},
+    views::OperationView,
     AppState,
 };
 
@@ -26,7 +26,7 @@ pub const MARK_PAID: &str = "/invoices/{id}/mark-paid";
 /// Mark an invoice paid (UNPAID → PAID under a row lock).
 #[utoipa::path(patch, path = "/invoices/{id}/mark-paid", tag = "invoices", operation_id = "markInvoicePaid",
     params(crate::openapi::IdPath, crate::openapi::IdempotencyKeyHeader, crate::openapi::PreferHeader),
-    request_body = MarkPaid,
+    request_body = schemas::MarkPaid,
     responses(
         (status = 202, description = "Accepted (or a replay of an unfinished operation): poll `Location`", body = OperationView, headers(
             ("Location" = String, description = "/operations/{id}"),

@@ -7,9 +7,7 @@ use axum::{
 use idemq_core::{
     business::meter_readings::{self, RecordReading},
     operation::OperationKind,
-    operation::OperationView,
     principal::Principal,
-    problem::Problem,
 };
 use serde_json::json;
 
@@ -18,6 +16,8 @@ use crate::{
     error::ApiError,
     extract::{Id, LimitedBody},
     idempotency::{json_response, submit, Submission},
+    schemas::{self, Problem},
+    views::OperationView,
     AppState,
 };
 
@@ -26,7 +26,7 @@ pub const RECORD: &str = "/meter-readings";
 /// Record a meter reading under the contract's row lock.
 #[utoipa::path(post, path = "/meter-readings", tag = "meter readings", operation_id = "recordMeterReading",
     params(crate::openapi::IdempotencyKeyHeader, crate::openapi::PreferHeader),
-    request_body = RecordReading,
+    request_body = schemas::RecordReading,
     responses(
         (status = 202, description = "Accepted (or a replay of an unfinished operation): poll `Location`", body = OperationView, headers(
             ("Location" = String, description = "/operations/{id}"),

@@ -4,14 +4,14 @@ use axum::{
     response::Response,
     Extension,
 };
-use idemq_core::{
-    idempotency, operation::OperationId, operation::OperationView, principal::Principal, problem::Problem,
-};
+use idemq_core::{idempotency, operation::OperationId, principal::Principal};
 
 use crate::{
     error::ApiError,
     extract::Id,
     idempotency::{header_value, json_response, prefer_wait, PREFERENCE_APPLIED},
+    schemas::Problem,
+    views::{self, OperationView},
     AppState,
 };
 
@@ -45,7 +45,7 @@ pub async fn get(
         None => idempotency::find(&state.pool, &principal, op_id).await?,
     }
     .ok_or_else(not_found)?;
-    let mut response = json_response(StatusCode::OK, op.view_json()?);
+    let mut response = json_response(StatusCode::OK, views::operation_json(&op)?);
     if let Some(w) = wait {
         response
             .headers_mut()

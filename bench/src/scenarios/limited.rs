@@ -172,7 +172,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LimitedArgs, report: &mut R
     );
     let accepted = limited.statuses.get(&202).copied().unwrap_or(0) as i64;
     if args.scope == "fleet" {
-        let burst = idemq_core::config::RateSpec::parse(&args.limit)
+        let burst = idemq_api::config::RateSpec::parse(&args.limit)
             .map_err(|e| anyhow::anyhow!("--limit: {e}"))?
             .burst;
         report.check(

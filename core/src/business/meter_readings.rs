@@ -8,13 +8,11 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{Actor, Audit, Outcome};
 use crate::{problem::Problem, text::Text, Error};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordReading {
-    #[schema(value_type = String)]
     pub contract_id: Text,
     /// A JSON number ≥ 0; equal to the last reading is allowed, below it is refused (422).
-    #[schema(value_type = f64, minimum = 0)]
     pub reading: Number,
 }
 
@@ -28,12 +26,11 @@ impl RecordReading {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterReading {
     pub id: String,
     pub contract_id: String,
-    #[schema(value_type = f64)]
     pub reading: Number,
     pub recorded_at: DateTime<Utc>,
 }

@@ -7,14 +7,13 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{Actor, Audit, Outcome};
 use crate::{problem::Problem, text::Text, Error};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MarkPaid {
-    #[schema(value_type = String)]
     pub payment_method: Text,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Invoice {
     pub id: String,

@@ -28,7 +28,9 @@ mod service;
 use std::{future::Future, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
-use idemq_core::{config::WorkerConfig, Error};
+use idemq_core::Error;
+
+use crate::config::WorkerConfig;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
