@@ -1,9 +1,13 @@
 //! Pool and migrations (ours and apalis's).
 pub mod apalis_overrides;
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{
+    pool::PoolConnectionMetadata,
+    postgres::{PgConnection, PgPoolOptions},
+    PgPool,
+};
 
 use crate::Error;
 
@@ -19,20 +23,44 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .max_connections(max_connections)
         // A request must fail fast (503) rather than hang when the database is gone.
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
-                let set =
-                    format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
-                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
-                    tracing::debug!(error = %e, "client_connection_check_interval not available");
-                }
-                Ok(())
-            })
-        })
+        .after_connect(prepare_connection)
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+/// A second pool to the same database whose commits do not wait for their
+/// WAL flush (`synchronous_commit = off` for every session), for the
+/// worker's writes that carry no effect: apalis's fetch, acknowledgement and
+/// heartbeat, and the attempt count. Why that is safe is the README's
+/// "Durability of each commit": a Postgres crash can lose the last few
+/// hundred milliseconds of these commits (an attempt goes uncounted, a job is
+/// delivered again), and the operation row, locked by the job's own durable
+/// transaction, makes both harmless; a worker's crash loses nothing committed.
+/// Connects lazily, with the settings (and acquire timeout) of `pool`.
+pub fn connect_async_commit(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .after_connect(prepare_connection)
+        .connect_lazy_with(options)
+}
+
+fn prepare_connection(
+    conn: &mut PgConnection,
+    _: PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
+        let set = format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
+            tracing::debug!(error = %e, "client_connection_check_interval not available");
+        }
+        Ok(())
+    })
 }
 
 /// apalis's schema first, then ours (which may index apalis's tables), then

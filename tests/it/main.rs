@@ -20,6 +20,7 @@ mod observability;
 mod openapi;
 mod ops;
 mod payments;
+mod pg_immediate_stop;
 mod property;
 mod queue_schema;
 mod rate_limit;
