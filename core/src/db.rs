@@ -2,13 +2,16 @@
 pub mod apalis_overrides;
 
 use std::{
+    future::Future,
+    pin::Pin,
     str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
+    pool::PoolConnectionMetadata,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
     Executor, PgPool,
 };
 
@@ -26,22 +29,71 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .max_connections(max_connections)
         // A request must fail fast (503) rather than hang when the database is gone.
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
-                // Dynamic: SET takes no parameters, and query! would check
-                // the name against the build's server, not the one we run on.
-                let set =
-                    format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
-                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
-                    tracing::debug!(error = %e, "client_connection_check_interval not available");
-                }
-                Ok(())
-            })
-        })
+        .after_connect(prepare_connection)
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+fn prepare_connection(
+    conn: &mut PgConnection,
+    _: PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        // PostgreSQL 14+ (Linux); older servers reject the name: run without it.
+        // Dynamic: SET takes no parameters, and query! would check
+        // the name against the build's server, not the one we run on.
+        let set = format!("SET client_connection_check_interval = '{CLIENT_CONNECTION_CHECK_INTERVAL}'");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await {
+            tracing::debug!(error = %e, "client_connection_check_interval not available");
+        }
+        Ok(())
+    })
+}
+
+/// A second pool to the same database whose commits do not wait for their
+/// WAL flush (`synchronous_commit = off` for every session), for the
+/// worker's writes that carry no effect: apalis's fetch, acknowledgement and
+/// heartbeat, and the attempt count. Why that is safe is the README's
+/// "Durability of each commit": a Postgres crash can lose the last few
+/// hundred milliseconds of these commits (an attempt goes uncounted, a job is
+/// delivered again), and the operation row, locked by the job's own durable
+/// transaction, makes both harmless; a worker's crash loses nothing committed.
+/// Connects lazily, with the settings (and acquire timeout) of `pool`.
+///
+/// Behind a transaction-mode pooler (`pool` made by [`connect_pooled`]) the
+/// setting cannot be a startup parameter (PgBouncer refuses unknown ones):
+/// each checkout's transaction sets it with `SET LOCAL` instead.
+pub fn connect_async_commit(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options()).clone();
+    let base = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(pool.options().get_acquire_timeout());
+    if is_pooled(pool) {
+        return base
+            .after_connect(|conn, _| {
+                Box::pin(async move { conn.execute(ASYNC_CHECKOUT_BEGIN).await.map(|_| ()) })
+            })
+            .before_acquire(|conn, _| {
+                Box::pin(async move { conn.execute(ASYNC_CHECKOUT_BEGIN).await.map(|_| true) })
+            })
+            .after_release(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_END).await.map(|_| true) }))
+            .connect_lazy_with(options);
+    }
+    base.after_connect(prepare_connection)
+        .connect_lazy_with(options.options([("synchronous_commit", "off")]))
+}
+
+/// [`CHECKOUT_BEGIN`] for the asynchronous-commit pool.
+const ASYNC_CHECKOUT_BEGIN: &str =
+    "BEGIN; SET LOCAL client_min_messages = error; SET LOCAL synchronous_commit = off";
+
+fn is_pooled(pool: &PgPool) -> bool {
+    let key = pool_key(pool);
+    SESSION_POOLS
+        .lock()
+        .map(|pools| pools.iter().any(|(k, _)| *k == key))
+        .unwrap_or(false)
 }
 
 /// Every checkout of a pooled connection is one explicit transaction. A

@@ -39,7 +39,9 @@ pub struct Attempt {
 
 /// Marks the operation `running` and counts the attempt, committed on its own
 /// so that a worker killed mid-job still leaves the count behind (the bound
-/// holds across crashes). The same statement opens the attempt's row in
+/// holds across worker crashes). The worker runs it on its asynchronously
+/// committing pool: a Postgres crash may lose the count (README "Durability
+/// of each commit"). The same statement opens the attempt's row in
 /// `operation_attempts` (by `worker`) and closes an earlier one still open as
 /// `abandoned` (its worker died mid-attempt): no extra round trip. `None`:
 /// finished already, or gone.

@@ -224,6 +224,21 @@ impl PgCluster {
         Ok(())
     }
 
+    /// `pg_ctl stop -m immediate -w`: every backend killed, unwritten WAL
+    /// buffers lost, no checkpoint; the next start runs crash recovery
+    /// (crash tests).
+    pub fn stop_immediately(&self) -> Result<()> {
+        let out = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"])?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop -m immediate failed for {}: {}",
+                self.pgdata.display(),
+                output_text(&out)
+            );
+        }
+        Ok(())
+    }
+
     /// `pg_ctl restart -m fast -w` with the same port and options, then wait
     /// until the server accepts connections again (crash/restart tests).
     pub fn restart(&self) -> Result<()> {

@@ -22,6 +22,7 @@ mod observability;
 mod openapi;
 mod ops;
 mod payments;
+mod pg_immediate_stop;
 mod pgbouncer;
 mod property;
 mod queue_schema;

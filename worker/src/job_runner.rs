@@ -35,6 +35,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct JobRunner {
     pool: PgPool,
+    /// Commits without waiting for the WAL flush, for the writes that carry
+    /// no effect (the attempt count and its error, apalis's fetch, ack and
+    /// heartbeat): `idemq_core::db::connect_async_commit`.
+    queue_pool: PgPool,
     notifier: Notifier,
     ttl: Duration,
     max_attempts: u32,
@@ -78,8 +82,12 @@ pub fn backoff(attempt: u32) -> Duration {
 
 impl JobRunner {
     pub fn new(pool: PgPool, settings: &WorkerSettings) -> Self {
+        // Lazily connected: apalis's loops (one connection each at a time)
+        // and the attempt starts use as many as they need.
+        let queue_pool = idemq_core::db::connect_async_commit(&pool, pool.options().get_max_connections());
         JobRunner {
             notifier: Notifier::spawn(pool.clone()),
+            queue_pool,
             pool,
             ttl: settings.idempotency_ttl,
             max_attempts: settings.config.job_max_attempts,
@@ -88,6 +96,12 @@ impl JobRunner {
             stopping: CancellationToken::new(),
             worker: crate::instance_name(),
         }
+    }
+
+    /// The pool for apalis's fetch, acknowledgement and heartbeat (see
+    /// `queue_pool`).
+    pub fn queue_pool(&self) -> &PgPool {
+        &self.queue_pool
     }
 
     /// Names the attempts' rows after this process's queue loops.
@@ -121,7 +135,7 @@ impl JobRunner {
         let started = std::time::Instant::now();
         let mut unreachable = 0u32;
         loop {
-            let attempt = match job::start_attempt(&self.pool, op, &self.worker).await {
+            let attempt = match job::start_attempt(&self.queue_pool, op, &self.worker).await {
                 Ok(Some(a)) => a,
                 Ok(None) => {
                     tracing::info!("operation already finished or gone: redelivery, nothing to do");
@@ -223,7 +237,7 @@ impl JobRunner {
     /// The failed attempt's error on its row (the ops console shows it). A
     /// failure here changes nothing else: the next start closes the row.
     async fn record_error(&self, op: OperationId, attempt: i32, reason: &str) {
-        if let Err(e) = job::record_attempt_error(&self.pool, op, attempt, reason).await {
+        if let Err(e) = job::record_attempt_error(&self.queue_pool, op, attempt, reason).await {
             tracing::warn!(error = %e, "could not record the attempt's error");
         }
     }

@@ -80,8 +80,10 @@ pub async fn queue_loop(
             0 => format!("{queue_name}@{instance}"),
             n => format!("{queue_name}@{instance}.{n}"),
         };
-        let storage =
-            PostgresStorage::<JobPayload>::new(&pool).with_config(crate::queue_config(queue_name, &cfg));
+        // apalis's writes carry no effect: they commit asynchronously
+        // (README "Durability of each commit").
+        let storage = PostgresStorage::<JobPayload>::new(runner.queue_pool())
+            .with_config(crate::queue_config(queue_name, &cfg));
         let backend = PollWith::new(
             storage,
             WakeOrPoll::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
