@@ -47,6 +47,11 @@ pub struct NewOperation<'a> {
 /// snapshot predates that row, so it returns nothing and the record is read
 /// again. An expired record counts as absent: it is deleted and the insert
 /// tried again.
+///
+/// The statements that return an [`Operation`] stay dynamic: they share
+/// `COLUMNS` with `Operation`'s one `FromRow` (which parses kind and status
+/// into their enums), and `INSERT_JOB` mirrors apalis's push; query! takes
+/// only literals, and copies in each statement could drift apart.
 pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, Error> {
     use sqlx::{FromRow, Row};
     // Two rounds at most: the second follows the removal of an expired record.
@@ -97,10 +102,12 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
             }
             // Expiry is judged by the database clock, in SQL.
             Some((op, true)) => {
-                sqlx::query("DELETE FROM operations WHERE id = $1 AND expires_at <= now()")
-                    .bind(op.id.uuid())
-                    .execute(pool)
-                    .await?;
+                sqlx::query!(
+                    "DELETE FROM operations WHERE id = $1 AND expires_at <= now()",
+                    op.id.uuid()
+                )
+                .execute(pool)
+                .await?;
             }
             // Deleted by cleanup meanwhile: insert again.
             None => {}

@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
@@ -46,7 +45,7 @@ pub struct Attempt {
 /// `abandoned` (its worker died mid-attempt): no extra round trip. `None`:
 /// finished already, or gone.
 pub async fn start_attempt(pool: &PgPool, op: OperationId, worker: &str) -> Result<Option<Attempt>, Error> {
-    let row: Option<(i32, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "WITH op AS (
             UPDATE operations SET status = 'running', attempts = attempts + 1, updated_at = now()
             WHERE id = $1 AND status IN ('queued', 'running')
@@ -59,11 +58,12 @@ pub async fn start_attempt(pool: &PgPool, op: OperationId, worker: &str) -> Resu
             SELECT id, attempts, $2 FROM op
          )
          SELECT attempts, kind FROM op",
+        op.uuid(),
+        worker,
     )
-    .bind(op.uuid())
-    .bind(worker)
     .fetch_optional(pool)
-    .await?;
+    .await?
+    .map(|row| (row.attempts, row.kind));
     row.map(|(number, kind)| {
         Ok(Attempt {
             operation: op,
@@ -83,13 +83,13 @@ pub async fn record_attempt_error(
     attempt: i32,
     error: &str,
 ) -> Result<(), Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE operation_attempts SET ended_at = now(), outcome = 'error', error = $3
          WHERE operation_id = $1 AND attempt = $2 AND ended_at IS NULL",
+        op.uuid(),
+        attempt,
+        error,
     )
-    .bind(op.uuid())
-    .bind(attempt)
-    .bind(error)
     .execute(pool)
     .await?;
     Ok(())
@@ -122,11 +122,13 @@ pub async fn run_attempt(
         }
         None => pool.begin().await?,
     };
-    let row: Option<(String, String, Uuid, Value)> =
-        sqlx::query_as("SELECT status, kind, principal_id, request FROM operations WHERE id = $1 FOR UPDATE")
-            .bind(op.uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let row = sqlx::query!(
+        "SELECT status, kind, principal_id, request FROM operations WHERE id = $1 FOR UPDATE",
+        op.uuid(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| (r.status, r.kind, r.principal_id, r.request));
     let Some((status, kind, principal, request)) = row else {
         return Ok(AttemptResult::Missing);
     };
@@ -159,10 +161,12 @@ pub async fn finish_exhausted(
     ttl: Duration,
 ) -> Result<bool, Error> {
     let mut tx = pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM operations WHERE id = $1 FOR UPDATE")
-        .bind(op.uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM operations WHERE id = $1 FOR UPDATE",
+        op.uuid()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     if status
         .as_deref()
         .and_then(OperationStatus::parse)
@@ -233,11 +237,13 @@ impl Finished {
     /// instead, because a notifying commit runs alone (see `notifier`).
     pub async fn announce_at_commit(self, conn: &mut PgConnection) -> Result<(), Error> {
         if self.waited_for {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(FINISHED_CHANNEL)
-                .bind(self.op.uuid().to_string())
-                .execute(conn)
-                .await?;
+            sqlx::query!(
+                "SELECT pg_notify($1, $2)",
+                FINISHED_CHANNEL,
+                self.op.uuid().to_string()
+            )
+            .execute(conn)
+            .await?;
         }
         Ok(())
     }
@@ -263,7 +269,7 @@ pub(crate) async fn finish(
     let attempt_outcome = attempt_outcome.unwrap_or(if outcome.succeeded { "succeeded" } else { "refused" });
     // The audit entry (step 3) and the attempt's end ride with the response
     // (step 4): one statement, the same transaction.
-    let waited_for: Option<bool> = sqlx::query_scalar(
+    let waited_for = sqlx::query_scalar!(
         "WITH audit AS (
             INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
             SELECT $1, $7, $8, $9, $10, $11 WHERE $8::text IS NOT NULL
@@ -275,19 +281,19 @@ pub(crate) async fn finish(
                 response_body = $5, finished_at = now(),
                 expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
          WHERE id = $1 RETURNING notify_on_finish",
+        op.uuid(),
+        status.as_str(),
+        outcome.status as i16,
+        outcome.content_type,
+        outcome.body,
+        ttl_ms as f64,
+        audit.map(|a| a.actor.principal),
+        audit.map(|a| a.action),
+        audit.map(|a| a.entity_type),
+        audit.map(|a| a.entity_id.as_str()),
+        audit.map(|a| &a.details),
+        attempt_outcome,
     )
-    .bind(op.uuid())
-    .bind(status.as_str())
-    .bind(outcome.status as i16)
-    .bind(outcome.content_type)
-    .bind(&outcome.body)
-    .bind(ttl_ms as f64)
-    .bind(audit.map(|a| a.actor.principal))
-    .bind(audit.map(|a| a.action))
-    .bind(audit.map(|a| a.entity_type))
-    .bind(audit.map(|a| a.entity_id.as_str()))
-    .bind(audit.map(|a| &a.details))
-    .bind(attempt_outcome)
     .fetch_optional(conn)
     .await?;
     Ok(Finished {

@@ -73,13 +73,15 @@ impl Faults {
         if kind != OperationKind::InvoiceMarkPaid || self.panic_attempts.is_some_and(|n| attempt > n) {
             return;
         }
-        let target: Option<String> =
-            sqlx::query_scalar("SELECT request->'params'->>'id' FROM operations WHERE id = $1")
-                .bind(op.uuid())
-                .fetch_optional(pool)
-                .await
-                .ok()
-                .flatten();
+        let target: Option<String> = sqlx::query_scalar!(
+            "SELECT request->'params'->>'id' FROM operations WHERE id = $1",
+            op.uuid()
+        )
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .flatten();
         if target.as_deref() == Some(invoice.as_str()) {
             panic!("injected fault: {PANIC_INVOICE_VAR}={invoice}, attempt {attempt}");
         }

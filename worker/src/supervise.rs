@@ -172,7 +172,7 @@ pub async fn db_watchdog(pool: PgPool, grace: Duration, shutdown: CancellationTo
 }
 
 async fn ping(pool: &PgPool) -> anyhow::Result<()> {
-    match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+    match tokio::time::timeout(PING_TIMEOUT, sqlx::query!("SELECT 1 AS alive").fetch_one(pool)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => anyhow::bail!("no answer within {PING_TIMEOUT:?}"),

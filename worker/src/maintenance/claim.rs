@@ -37,18 +37,18 @@ pub async fn claim(
     runner: &str,
     takeover_after: Duration,
 ) -> Result<Option<Claim>, Error> {
-    let won: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let won = sqlx::query_scalar!(
         "INSERT INTO duty_ticks (duty, tick, claimed_by) VALUES ($1, $2, $3)
          ON CONFLICT (duty, tick) DO UPDATE
             SET claimed_by = EXCLUDED.claimed_by, claimed_at = now()
             WHERE duty_ticks.finished_at IS NULL
-              AND duty_ticks.claimed_at < now() - $4 * interval '1 millisecond'
+              AND duty_ticks.claimed_at < now() - $4::float8 * interval '1 millisecond'
          RETURNING tick",
+        duty,
+        tick,
+        runner,
+        millis(takeover_after),
     )
-    .bind(duty)
-    .bind(tick)
-    .bind(runner)
-    .bind(millis(takeover_after))
     .fetch_optional(pool)
     .await?;
     Ok(won.map(|tick| Claim {
@@ -61,13 +61,13 @@ pub async fn claim(
 /// The runner's heartbeat: keeps its claim from being taken over. `false`
 /// when the claim is no longer this runner's (it was taken over).
 pub async fn refresh(pool: &PgPool, claim: &Claim) -> Result<bool, Error> {
-    let refreshed = sqlx::query(
+    let refreshed = sqlx::query!(
         "UPDATE duty_ticks SET claimed_at = now()
          WHERE duty = $1 AND tick = $2 AND claimed_by = $3 AND finished_at IS NULL",
+        claim.duty,
+        claim.tick,
+        claim.claimed_by,
     )
-    .bind(&claim.duty)
-    .bind(claim.tick)
-    .bind(&claim.claimed_by)
     .execute(pool)
     .await?
     .rows_affected();
@@ -76,20 +76,21 @@ pub async fn refresh(pool: &PgPool, claim: &Claim) -> Result<bool, Error> {
 
 /// Records the end of a run and what it did.
 pub async fn finish(pool: &PgPool, claim: &Claim, result: &Value) -> Result<(), Error> {
-    sqlx::query("UPDATE duty_ticks SET finished_at = now(), result = $3 WHERE duty = $1 AND tick = $2")
-        .bind(&claim.duty)
-        .bind(claim.tick)
-        .bind(result)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "UPDATE duty_ticks SET finished_at = now(), result = $3 WHERE duty = $1 AND tick = $2",
+        claim.duty,
+        claim.tick,
+        result,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// The latest tick of `duty` that was claimed, if any.
 pub async fn last_tick(pool: &PgPool, duty: &str) -> Result<Option<DateTime<Utc>>, Error> {
     Ok(
-        sqlx::query_scalar("SELECT max(tick) FROM duty_ticks WHERE duty = $1")
-            .bind(duty)
+        sqlx::query_scalar!("SELECT max(tick) FROM duty_ticks WHERE duty = $1", duty)
             .fetch_one(pool)
             .await?,
     )

@@ -326,11 +326,16 @@ async fn delete_batch(
 ) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
     // SET LOCAL, as one statement: both end with the transaction.
-    sqlx::query("SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)")
-        .bind(BATCH_STATEMENT_TIMEOUT.as_millis().to_string())
-        .bind(BATCH_LOCK_TIMEOUT.as_millis().to_string())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT set_config('statement_timeout', $1, true) AS statement_timeout,
+                set_config('lock_timeout', $2, true) AS lock_timeout",
+        BATCH_STATEMENT_TIMEOUT.as_millis().to_string(),
+        BATCH_LOCK_TIMEOUT.as_millis().to_string(),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    // Dynamic: one batch loop serves every table's statement (the `TABLES`
+    // list), each a literal checked by the cleanup tests.
     let mut q = sqlx::query(sql).bind(i64::from(limit));
     if let Some(age) = age_ms {
         q = q.bind(age);

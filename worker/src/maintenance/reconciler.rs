@@ -195,6 +195,8 @@ pub async fn run_until(
 ) -> Result<ReconcilerReport, Error> {
     let cfg = cfg.options();
     let stale_ms = i64::try_from(cfg.stale_after.as_millis()).unwrap_or(i64::MAX / 2) as f64;
+    // Dynamic, as the re-check in `reconcile_one`: both judge the job's state
+    // with the one `JOB_STATE_SQL` (query! takes only literals).
     let candidates: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT o.id FROM operations o
          LEFT JOIN apalis.jobs j ON j.id = o.job_id
@@ -268,11 +270,13 @@ async fn reconcile_one(
     }
     let job_id = queue::new_job_id();
     queue::push(&mut tx, &queue_name, job_id, op).await?;
-    sqlx::query("UPDATE operations SET job_id = $2, status = 'queued', updated_at = now() WHERE id = $1")
-        .bind(op.uuid())
-        .bind(job_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE operations SET job_id = $2, status = 'queued', updated_at = now() WHERE id = $1",
+        op.uuid(),
+        job_id.to_string(),
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     tracing::warn!(operation = %op, old_job, new_job = %job_id, queue = queue_name, ?state, attempts,
         "reconciler: job missing, dead or done too early; operation re-enqueued");
