@@ -7,7 +7,9 @@ use axum::{
 
 use idemq_core::text::Text;
 
-use crate::error::ApiError;
+use idemq_core::key::IdempotencyKey;
+
+use crate::{error::ApiError, AppState};
 
 /// Longest id accepted in a path.
 pub const MAX_ID_LEN: usize = 200;
@@ -71,5 +73,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
         }
         let id = Text::parse(id).map_err(|e| ApiError::InvalidPath(format!("the id: {e}")))?;
         Ok(Id(id.into_string()))
+    }
+}
+
+/// Step 3 of the request path: the `Idempotency-Key` header. Missing → 400
+/// `idempotency-key-missing` (or, with `IDEMQ_REQUIRE_IDEMPOTENCY_KEY=false`,
+/// a key the server generates and logs); invalid → 400
+/// `idempotency-key-invalid`. A header extractor, so it runs before the
+/// body's (step 4): a bad key is refused whatever the body.
+pub struct Key(pub IdempotencyKey);
+
+impl FromRequestParts<AppState> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match crate::idempotency::idempotency_key(&parts.headers)? {
+            Some(key) => Ok(Key(key)),
+            None if !state.require_idempotency_key => {
+                let key = IdempotencyKey::generated();
+                tracing::info!(key = %key, "no Idempotency-Key and the requirement is off: generated one");
+                Ok(Key(key))
+            }
+            None => Err(ApiError::KeyMissing),
+        }
     }
 }

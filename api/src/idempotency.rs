@@ -92,24 +92,17 @@ pub struct Submission<'a> {
     pub params: &'a [(&'static str, &'a str)],
 }
 
-/// Steps 3–7: key, body, fingerprint, record + enqueue, answer.
+/// Steps 4–7 after the extractors (the key's, `extract::Key`, and the
+/// body's, `extract::LimitedBody`): body, fingerprint, record + enqueue, answer.
 pub async fn submit<T: DeserializeOwned + serde::Serialize>(
     state: &AppState,
     principal: &Principal,
+    key: IdempotencyKey,
     headers: &HeaderMap,
     submission: Submission<'_>,
     body: &Bytes,
     validate: impl FnOnce(&T) -> Result<(), String>,
 ) -> Result<Response, ApiError> {
-    let key = match idempotency_key(headers)? {
-        Some(k) => k,
-        None if !state.require_idempotency_key => {
-            let k = IdempotencyKey::generated();
-            tracing::info!(key = %k, "no Idempotency-Key and the requirement is off: generated one");
-            k
-        }
-        None => return Err(ApiError::KeyMissing),
-    };
     let (parsed, body_value) = parse_body::<T>(body)?;
     validate(&parsed).map_err(ApiError::InvalidBody)?;
     let fingerprint = Fingerprint::compute(

@@ -86,18 +86,19 @@ impl AppState {
 /// 1. authenticate: `auth::authenticate` (layer; 401, and per client IP a
 ///    429 before its database lookup of an unknown token);
 /// 2. rate limit: `rate_limit::per_principal` (layer; 429);
-/// 3. key: `idempotency::submit` reads `Idempotency-Key` (400);
+/// 3. key: the `extract::Key` extractor (400), in each mutating handler's
+///    signature after the path's `extract::Id`;
 /// 4. body: the `extract::LimitedBody` extractor (413, 415), then
 ///    `idempotency::parse_body` and the route's checks in `submit` (400);
-/// 5. fingerprint: `submit`, over method, route, path parameters and body;
+/// 5. fingerprint: `idempotency::submit`, over method, route, path
+///    parameters and body;
 /// 6. record: `submit` records the operation and its job in one transaction
 ///    (`idemq_core::idempotency::begin`);
 /// 7. answer: `idempotency::answer` (202 with `views::OperationView`, or the
 ///    stored response).
 ///
-/// Steps 3 and 4 overlap: the body extractor runs before the handler reads
-/// the key, so a request with a bad key and a body too large (or not JSON)
-/// is answered 413 (or 415).
+/// Extractors run in their order in the signature, header ones before the
+/// body's: a request with a bad key is refused 400 whatever its body.
 pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     use routes::*;
     use utoipa::OpenApi;

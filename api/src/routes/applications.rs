@@ -14,7 +14,7 @@ use serde_json::json;
 use super::require_text;
 use crate::{
     error::ApiError,
-    extract::{Id, LimitedBody},
+    extract::{Id, Key, LimitedBody},
     idempotency::{json_response, submit, Submission},
     schemas::{self, Problem},
     views::OperationView,
@@ -55,6 +55,7 @@ pub async fn approve(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Id(id): Id,
+    Key(key): Key,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
@@ -67,6 +68,7 @@ pub async fn approve(
     submit(
         &state,
         &principal,
+        key,
         &headers,
         submission,
         &body,
@@ -107,6 +109,7 @@ pub async fn reject(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Id(id): Id,
+    Key(key): Key,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
@@ -116,9 +119,15 @@ pub async fn reject(
         route: REJECT,
         params: &[("id", &id)],
     };
-    submit(&state, &principal, &headers, submission, &body, |b: &Reject| {
-        require_text("reason", &b.reason, 1000)
-    })
+    submit(
+        &state,
+        &principal,
+        key,
+        &headers,
+        submission,
+        &body,
+        |b: &Reject| require_text("reason", &b.reason, 1000),
+    )
     .await
 }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::require_text;
 use crate::{
     error::ApiError,
-    extract::{Id, LimitedBody},
+    extract::{Id, Key, LimitedBody},
     idempotency::{json_response, submit, Submission},
     schemas::{self, Problem},
     views::OperationView,
@@ -52,6 +52,7 @@ pub async fn mark_paid(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Id(id): Id,
+    Key(key): Key,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
@@ -61,9 +62,15 @@ pub async fn mark_paid(
         route: MARK_PAID,
         params: &[("id", &id)],
     };
-    submit(&state, &principal, &headers, submission, &body, |b: &MarkPaid| {
-        require_text("paymentMethod", &b.payment_method, 100)
-    })
+    submit(
+        &state,
+        &principal,
+        key,
+        &headers,
+        submission,
+        &body,
+        |b: &MarkPaid| require_text("paymentMethod", &b.payment_method, 100),
+    )
     .await
 }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::require_text;
 use crate::{
     error::ApiError,
-    extract::{Id, LimitedBody},
+    extract::{Id, Key, LimitedBody},
     idempotency::{json_response, submit, Submission},
     schemas::{self, Problem},
     views::OperationView,
@@ -50,6 +50,7 @@ pub const RECORD: &str = "/meter-readings";
 pub async fn record(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    Key(key): Key,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
@@ -62,6 +63,7 @@ pub async fn record(
     submit(
         &state,
         &principal,
+        key,
         &headers,
         submission,
         &body,
