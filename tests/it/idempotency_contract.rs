@@ -287,6 +287,23 @@ async fn a_body_over_the_limit_is_a_413_problem_and_records_nothing() {
     assert_eq!(header(&r, "idempotent-replayed"), None);
 }
 
+/// Step 3 before step 4: a bad or missing key is refused for the key,
+/// whatever the body (here one over the size limit), and nothing is recorded.
+#[tokio::test]
+async fn the_key_is_checked_before_the_body() {
+    let app = spawn_app().await;
+    app.insert_invoice("123").await;
+    let too_big = json!({ "paymentMethod": "x".repeat(17 * 1024) });
+
+    let r = app
+        .send(Method::PATCH, MARK_PAID_123, "bad key", too_big.clone())
+        .await;
+    expect_problem(r, StatusCode::BAD_REQUEST, "idempotency-key-invalid-characters").await;
+    let r = app.patch(MARK_PAID_123).json(&too_big).response().await;
+    expect_problem(r, StatusCode::BAD_REQUEST, "idempotency-key-missing").await;
+    assert_eq!(rows(&app).await, (0, 0));
+}
+
 // --- Concurrent first requests ---------------------------------------------
 
 #[tokio::test]
