@@ -34,9 +34,22 @@ use crate::{
     waiters::Waiters,
 };
 
-/// Shared by every request; cheap to clone.
+/// Shared by every request. One `Arc`: each layer and handler clones the
+/// state, and one reference count is cheaper to bump than six (measured on
+/// the 429 path, `idemq bench limited`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct SharedState {
     pub pool: PgPool,
     pub tokens: Arc<TokenCache>,
     pub waiters: Waiters,
@@ -65,7 +78,7 @@ impl AppState {
         });
         let tokens = Arc::<TokenCache>::default();
         tokens.spawn_revocation_listener(pool.clone());
-        AppState {
+        AppState(Arc::new(SharedState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),
             pool,
@@ -75,7 +88,7 @@ impl AppState {
             body_limit_bytes: config.body_limit_bytes,
             limits,
             trust_proxy: config.trust_proxy,
-        }
+        }))
     }
 }
 

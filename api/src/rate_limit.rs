@@ -260,9 +260,9 @@ fn field(s: &str) -> HeaderValue {
 /// 429 — before any handler touches the database, and (tokens cached, the
 /// fleet's budget leased) without a database round trip. Adds `RateLimit`
 /// to the answer.
-pub async fn per_principal(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    // Taken out and put back: no borrow of the request across the check.
-    let Some(principal) = req.extensions_mut().remove::<Principal>() else {
+pub async fn per_principal(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // A clone (an `Arc` and a UUID): no borrow of the request across the check.
+    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
         // Only if this layer ran without `authenticate` before it: refuse.
         return ApiError::Unauthorized.into_response();
     };
@@ -282,7 +282,6 @@ pub async fn per_principal(State(state): State<AppState>, mut req: Request, next
         None => None,
     };
     tracing::Span::current().record("principal", principal.name());
-    req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
     if let Some(h) = ratelimit {
         response.headers_mut().insert(RATELIMIT, h);
