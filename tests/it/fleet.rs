@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq_devcluster::{ClusterOptions, PgCluster};
+use idemq_devcluster::ClusterOptions;
 use idemq_worker::maintenance::{
     reconciler::{self, Reconciler, ReconcilerConfig, ReconcilerOptions},
     Service, Why,
@@ -501,35 +501,15 @@ impl OwnApi {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_lost() {
     // Its own cluster: the shared one serves every other test.
-    let dir = std::env::temp_dir().join(format!(
-        "idemq-fleet-pg-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let cluster = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            PgCluster::start(ClusterOptions {
-                data_dir: dir,
-                port: 0,
-                fast: true,
-            })
-        })
-        .await
-        .unwrap()
-        .expect("start a private cluster")
-    };
-    cluster.stop_when_process_exits(std::process::id(), true).unwrap();
+    let dir = own_cluster_dir("fleet-pg");
+    let cluster = start_own_cluster(ClusterOptions {
+        data_dir: dir.clone(),
+        port: 0,
+        fast: true,
+    })
+    .await;
     let port = cluster.port();
-    let admin = PgPool::connect(&cluster.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE idemq")
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let url = cluster.url("idemq");
-    let pool = PgPool::connect(&url).await.unwrap();
-    idemq_core::db::migrate(&pool).await.unwrap();
+    let (url, pool) = create_migrated_db(&cluster).await;
     sqlx::query("INSERT INTO invoices (id) SELECT 'inv-' || g FROM generate_series(1, 100) g")
         .execute(&pool)
         .await
@@ -604,17 +584,12 @@ async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_
     );
     assert!(steady.is_running(), "{}", steady.output());
 
-    let cluster = tokio::task::spawn_blocking(move || {
-        PgCluster::start(ClusterOptions {
-            data_dir: dir,
-            port,
-            fast: true,
-        })
+    let cluster = start_own_cluster(ClusterOptions {
+        data_dir: dir,
+        port,
+        fast: true,
     })
-    .await
-    .unwrap()
-    .expect("restart the private cluster");
-    cluster.stop_when_process_exits(std::process::id(), true).unwrap();
+    .await;
     let back = Instant::now();
     println!("database was down for {:?}", down.elapsed());
 

@@ -733,3 +733,38 @@ pub async fn spawn_ops_listener(
     });
     (addr, session)
 }
+
+/// A private cluster of a test's own (one that stops or crashes Postgres):
+/// started (or started again, on the same data directory and port) off the
+/// async runtime, and stopped when the test process exits.
+pub async fn start_own_cluster(opts: ClusterOptions) -> PgCluster {
+    let cluster = tokio::task::spawn_blocking(move || PgCluster::start(opts))
+        .await
+        .unwrap()
+        .expect("start a private cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).unwrap();
+    cluster
+}
+
+/// A new data directory for [`start_own_cluster`], named after the test.
+pub fn own_cluster_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "idemq-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+/// Database `idemq` on `cluster`, migrated: its URL and a pool.
+pub async fn create_migrated_db(cluster: &PgCluster) -> (String, PgPool) {
+    let admin = PgPool::connect(&cluster.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE idemq")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = cluster.url("idemq");
+    let pool = PgPool::connect(&url).await.unwrap();
+    idemq_core::db::migrate(&pool).await.unwrap();
+    (url, pool)
+}

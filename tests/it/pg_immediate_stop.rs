@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idemq_devcluster::{ClusterOptions, PgCluster};
+use idemq_devcluster::ClusterOptions;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -98,36 +98,16 @@ async fn pay_until_accepted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_immediate_stop_mid_payments_loses_nothing_accepted_and_pays_nothing_twice() {
-    let dir = std::env::temp_dir().join(format!(
-        "idemq-immediate-pg-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = own_cluster_dir("immediate-pg");
     // Not `fast`: that is synchronous_commit off for everything.
     let options = |port| ClusterOptions {
         data_dir: dir.clone(),
         port,
         fast: false,
     };
-    let start = |opts: ClusterOptions| async move {
-        let cluster = tokio::task::spawn_blocking(move || PgCluster::start(opts))
-            .await
-            .unwrap()
-            .expect("start the private cluster");
-        cluster.stop_when_process_exits(std::process::id(), true).unwrap();
-        cluster
-    };
-    let cluster = start(options(0)).await;
+    let cluster = start_own_cluster(options(0)).await;
     let port = cluster.port();
-    let admin = PgPool::connect(&cluster.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE idemq")
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let url = cluster.url("idemq");
-    let pool = PgPool::connect(&url).await.unwrap();
-    idemq_core::db::migrate(&pool).await.unwrap();
+    let (url, pool) = create_migrated_db(&cluster).await;
     sqlx::query(
         "INSERT INTO invoices (id, amount_cents) SELECT 'inv-' || g, 100 * g FROM generate_series(1, $1) g",
     )
@@ -200,7 +180,7 @@ async fn postgres_immediate_stop_mid_payments_loses_nothing_accepted_and_pays_no
     let down = Instant::now();
     println!("Postgres stopped -m immediate with {in_flight:?} operations unfinished");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _cluster = start(options(port)).await;
+    let _cluster = start_own_cluster(options(port)).await;
     println!(
         "Postgres back after {:?} (crash recovery included)",
         down.elapsed()
