@@ -15,7 +15,7 @@ use crate::helpers::*;
 /// Debian's pgbouncer (1.18 on bookworm: no prepared statements in
 /// transaction mode).
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
-/// The server user of the harness's cluster (see `pg_cluster`).
+/// The server user of the harness's cluster (see the `idemq-devcluster` crate).
 const SERVER_USER: &str = "postgres";
 
 /// A pgbouncer in front of the harness's cluster; killed when dropped.
