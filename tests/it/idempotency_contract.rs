@@ -665,3 +665,49 @@ async fn stored_refusals_replay_with_status_content_type_and_bytes() {
     // Only the two effects wrote audit entries.
     assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 2);
 }
+
+// --- The principal's row --------------------------------------------------
+
+/// Recording an operation takes no lock on its principal's row: requests of
+/// one principal run concurrently, and a foreign key's `FOR KEY SHARE` on
+/// that one row made each of them write it (migration `…000031`). Here the
+/// row is held `FOR UPDATE` (which a key-share lock would wait for) while a
+/// new request is recorded. A principal with operations still cannot be
+/// deleted.
+#[tokio::test]
+async fn recording_takes_no_lock_on_the_principal_and_a_principal_with_operations_stays() {
+    let app = spawn_app().await;
+    app.insert_invoice("123").await;
+    let mut holder = app.db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let locked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT id FROM principals FOR UPDATE) locked")
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+    assert!(locked >= 1, "the test's principal exists");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.mark_paid("123", &Uuid::new_v4().to_string()),
+    )
+    .await
+    .expect("the request waited for the principal's row lock");
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    holder.rollback().await.unwrap();
+    assert_eq!(rows(&app).await, (1, 1));
+
+    let refused = sqlx::query("DELETE FROM principals")
+        .execute(&app.db.pool)
+        .await
+        .expect_err("a principal with operations was deleted");
+    let code = refused
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("23503"), "{refused}");
+    assert!(app.count("SELECT count(*) FROM principals").await >= 1);
+    assert_eq!(rows(&app).await, (1, 1));
+}
