@@ -96,7 +96,18 @@ impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
     type Task = PgTask;
     type Error = apalis_postgres::Error;
 
+    /// The storage's own work (registration, heartbeat and orphan sweep,
+    /// the acknowledgements pending) runs only between batches: while jobs
+    /// wait in the buffer or a fetch is in flight, the worker goes on
+    /// handing out jobs and the acknowledgements pile up, to be sent in one
+    /// statement before the next fetch. That is when apalis's own backend
+    /// ran them (its `poll_ready` works only in its `Ready` state, between a
+    /// batch and the next fetch); running them after every job instead cost
+    /// an acknowledgement per job and held the next job back during each.
     fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.dead || !self.buffer.is_empty() || self.fetch.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         self.backend.poll_ready(cx, worker)
     }
 
