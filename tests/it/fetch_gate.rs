@@ -144,12 +144,8 @@ async fn a_job_enqueued_without_a_notice_is_taken_on_the_poll_timer() {
     let body = json!({ "paymentMethod": "card" });
     let id = OperationId::new();
     let key = IdempotencyKey::parse(b"quiet-1").unwrap();
-    let fingerprint = Fingerprint::compute(
-        "PATCH",
-        "/invoices/{id}/mark-paid",
-        &[("id", "inv-quiet")],
-        &body,
-    );
+    let fingerprint =
+        Fingerprint::compute("PATCH", "/invoices/{id}/mark-paid", &[("id", "inv-quiet")], &body);
     let request = json!({ "params": { "id": "inv-quiet" }, "body": body });
     let next = idempotency::begin(
         &app.db.pool,

@@ -221,7 +221,10 @@ mod tests {
         }
         assert!(wakes.0.load(Ordering::SeqCst) > 0, "a notice wakes the worker");
         assert!(fetch_if_due(&mut s, &wakes), "the notices make a fetch due");
-        assert!(!fetch_if_due(&mut s, &wakes), "all five were answered by one fetch");
+        assert!(
+            !fetch_if_due(&mut s, &wakes),
+            "all five were answered by one fetch"
+        );
         // No fixed re-check after a notice: nothing until the timer.
         tokio::time::advance(Duration::from_millis(499)).await;
         assert!(!fetch_if_due(&mut s, &wakes));
