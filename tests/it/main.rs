@@ -12,6 +12,7 @@ mod client_ts;
 mod console;
 mod dev_process;
 mod errors;
+mod fetch_gate;
 mod final_answers;
 mod fleet;
 mod fleet_limits;

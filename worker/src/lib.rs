@@ -4,6 +4,7 @@
 //! stays alive only while it is healthy.
 pub mod config;
 pub mod faults;
+pub mod fetch_gate;
 pub mod job_runner;
 pub mod maintenance;
 pub mod supervise;

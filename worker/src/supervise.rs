@@ -22,7 +22,6 @@ use std::{
 };
 
 use apalis::prelude::*;
-use apalis_core::backend::ext::poll_strategy::PollWith;
 use apalis_core::backend::finalize::DurableError;
 use apalis_postgres::PostgresStorage;
 use idemq_core::queue::JobPayload;
@@ -31,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkerConfig,
+    fetch_gate::FetchGate,
     job_runner::{self, JobRunner},
-    wake_strategy::{JobNotices, WakeOrPoll},
+    wake_strategy::{FetchReasons, JobNotices},
 };
 
 /// How often the watchdog pings the database.
@@ -84,9 +84,11 @@ pub async fn queue_loop(
         // (README "Durability of each commit").
         let storage = PostgresStorage::<JobPayload>::new(runner.queue_pool())
             .with_config(crate::queue_config(queue_name, &cfg));
-        let backend = PollWith::new(
+        // Fetches only after a notice, a full batch or the poll timer
+        // (docs/job-path.md, "Waking and fetching").
+        let backend = FetchGate::new(
             storage,
-            WakeOrPoll::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
+            FetchReasons::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
         );
         let worker = WorkerBuilder::new(name.clone())
             .backend(backend)

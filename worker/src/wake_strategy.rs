@@ -1,24 +1,21 @@
-//! When a queue's worker looks for jobs: on a wake-up notice, shortly after
-//! one, and on a timer.
+//! When a queue's worker looks for jobs: after a wake-up notice, after a
+//! full batch, and on a timer. [`FetchReasons`] keeps the reasons;
+//! [`crate::fetch_gate::FetchGate`] fetches only when one is pending.
 //!
-//! apalis fetches whenever its backend is polled in the ready state, and
-//! parks after an empty fetch until something wakes the task; the strategy
-//! decides what wakes it. Its stock combination (`with_pubsub()` +
-//! `poll_with_interval`) lost wake-ups in two ways, measured as a latency
-//! tail of one poll interval (p99 ≈ 400 ms at 200 requests/s):
-//! - the notice stream was polled once per poll, so a burst of notices
-//!   became a burst of fetches, and a stream that had just yielded held no
-//!   waker for the next notice;
-//! - a notice that arrives while a fetch is in flight is consumed, and that
-//!   fetch's snapshot may predate the job: it comes back empty and the task
-//!   parks with the job in the table.
-//!
-//! Here every poll drains all pending notices (one fetch answers them all),
-//! and each notice also arms a re-check `RECHECK_AFTER` later, which wakes the
-//! task once more: a job missed by an in-flight fetch waits that long, not
-//! a poll interval. The re-check is dropped once the worker hands out a task
-//! after the notice (apalis then fetches again anyway). The timer stays for retries and delayed jobs (they send
-//! no notice) and for lost notices.
+//! apalis fetches whenever its backend is polled with an empty buffer: after
+//! every task it hands out and after every job that finishes (the worker's
+//! task is woken, polls the backend, and the backend fetches). At a few jobs
+//! in flight nearly all of those fetches came back empty. Here a fetch
+//! needs a reason, and one fetch answers every reason seen before it
+//! started:
+//! - a notice (every pending notice is drained at once, so a burst is one
+//!   fetch). A notice drained while a fetch is in flight stays pending: that
+//!   fetch's snapshot may predate the job, so another fetch follows it. No
+//!   wake-up is lost, and no fixed re-check is needed;
+//! - a fetch that returned a full batch (more may be waiting);
+//! - the timer, every `interval`: retries and delayed jobs send no notice,
+//!   and a lost notice costs at most one interval;
+//! - the start of the loop (jobs may be waiting already).
 use std::{
     future::Future,
     pin::Pin,
@@ -31,49 +28,43 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
 use futures::{channel::mpsc, Stream, StreamExt};
 use idemq_core::notifier::JOB_INSERT_CHANNEL;
 use sqlx::{postgres::PgListener, PgPool};
 use tokio::time::{sleep, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-/// How long after a notice the queue is looked at once more.
-pub const RECHECK_AFTER: Duration = Duration::from_millis(20);
-
-pub struct WakeOrPoll<S> {
+/// Why a queue's worker should fetch: pending until a fetch starts.
+pub struct FetchReasons<S> {
     notices: Option<S>,
     interval: Duration,
     timer: Pin<Box<Sleep>>,
-    recheck: Option<Pin<Box<Sleep>>>,
-    /// Tasks handed out when the latest notice was drained: a task handed out
-    /// after it makes the re-check needless, because apalis fetches again
-    /// after each batch it hands out, with a snapshot newer than the notice.
-    handed_out_at_notice: u64,
+    /// A reason came and no fetch has started since.
+    due: bool,
 }
 
-impl<S> WakeOrPoll<S> {
+impl<S: Stream + Unpin> FetchReasons<S> {
+    /// Due at once: the first fetch finds the jobs already waiting.
     pub fn new(notices: S, interval: Duration) -> Self {
-        WakeOrPoll {
+        FetchReasons {
             notices: Some(notices),
             interval,
             timer: Box::pin(sleep(interval)),
-            recheck: None,
-            handed_out_at_notice: 0,
+            due: true,
         }
     }
-}
 
-impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, snapshot: &PollSnapshot) -> Poll<Option<()>> {
-        let mut wake = false;
-        // Drain, so that the stream holds our waker for the next notice.
+    /// Drains the notices and polls the timer (registering `cx`'s waker on
+    /// both, so that either wakes the worker), and says whether a fetch is
+    /// due. Call it on every poll, also while a fetch is in flight: a notice
+    /// drained then stays due for the next fetch.
+    pub fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(notices) = self.notices.as_mut() {
             loop {
                 match notices.poll_next_unpin(cx) {
-                    Poll::Ready(Some(_)) => wake = true,
-                    // The listener is gone (apalis does not reconnect it):
-                    // the timer alone finds jobs from now on.
+                    Poll::Ready(Some(_)) => self.due = true,
+                    // The listener is gone: the timer alone finds jobs from
+                    // now on.
                     Poll::Ready(None) => {
                         self.notices = None;
                         break;
@@ -82,39 +73,24 @@ impl<S: Stream + Unpin> PollStrategy for WakeOrPoll<S> {
                 }
             }
         }
-        if wake {
-            self.handed_out_at_notice = snapshot.total_ready;
-            if self.recheck.is_none() {
-                self.recheck = Some(Box::pin(sleep(RECHECK_AFTER)));
-            }
-        }
-        if let Some(recheck) = self.recheck.as_mut() {
-            if recheck.as_mut().poll(cx).is_ready() {
-                self.recheck = None;
-                wake = true;
-            }
-        }
         if self.timer.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + self.interval;
             self.timer.as_mut().reset(next);
             // Registers the waker for the next tick.
             let _ = self.timer.as_mut().poll(cx);
-            wake = true;
+            self.due = true;
         }
-        if wake {
-            // apalis ignores this result: the wake-up is what makes the
-            // worker poll its backend (and fetch) again.
-            cx.waker().wake_by_ref();
-            Poll::Ready(Some(()))
-        } else {
-            Poll::Pending
-        }
+        self.due
     }
 
-    fn on_poll(&mut self, snapshot: &PollSnapshot) {
-        if snapshot.total_ready > self.handed_out_at_notice {
-            self.recheck = None;
-        }
+    /// A fetch starts now: it answers every reason seen so far.
+    pub fn fetch_started(&mut self) {
+        self.due = false;
+    }
+
+    /// The fetch returned a full batch: more jobs may be waiting.
+    pub fn batch_was_full(&mut self) {
+        self.due = true;
     }
 }
 
@@ -218,50 +194,72 @@ mod tests {
         }
     }
 
-    fn drive(s: &mut WakeOrPoll<mpsc::UnboundedReceiver<u8>>, counter: &Arc<CountingWaker>) -> bool {
-        let waker = futures::task::waker(counter.clone());
+    fn due(s: &mut FetchReasons<mpsc::UnboundedReceiver<u8>>, wakes: &Arc<CountingWaker>) -> bool {
+        let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        s.poll_drive(&mut cx, &PollSnapshot::new()).is_ready()
+        s.poll_due(&mut cx)
+    }
+
+    /// What a fetch does to the reasons: starts when due, answers them.
+    fn fetch_if_due(s: &mut FetchReasons<mpsc::UnboundedReceiver<u8>>, wakes: &Arc<CountingWaker>) -> bool {
+        let due = due(s, wakes);
+        if due {
+            s.fetch_started();
+        }
+        due
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_notices_is_one_wake_up_then_one_recheck_then_the_timer() {
+    async fn a_burst_of_notices_is_one_fetch_and_the_timer_goes_on() {
         let (tx, rx) = mpsc::unbounded();
-        let mut s = WakeOrPoll::new(rx, Duration::from_millis(500));
+        let mut s = FetchReasons::new(rx, Duration::from_millis(500));
         let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        assert!(!drive(&mut s, &wakes), "nothing yet");
+        assert!(fetch_if_due(&mut s, &wakes), "the first fetch at start");
+        assert!(!fetch_if_due(&mut s, &wakes), "nothing since");
         for i in 0..5 {
             tx.unbounded_send(i).unwrap();
         }
-        assert!(drive(&mut s, &wakes), "the notices wake the worker");
-        assert!(!drive(&mut s, &wakes), "all five were drained by one poll");
-        tokio::time::advance(RECHECK_AFTER).await;
-        assert!(drive(&mut s, &wakes), "the re-check after the burst");
-        assert!(!drive(&mut s, &wakes));
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(drive(&mut s, &wakes), "the poll interval");
-        assert!(!drive(&mut s, &wakes));
+        assert!(wakes.0.load(Ordering::SeqCst) > 0, "a notice wakes the worker");
+        assert!(fetch_if_due(&mut s, &wakes), "the notices make a fetch due");
+        assert!(
+            !fetch_if_due(&mut s, &wakes),
+            "all five were answered by one fetch"
+        );
+        // No fixed re-check after a notice: nothing until the timer.
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!fetch_if_due(&mut s, &wakes));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(fetch_if_due(&mut s, &wakes), "the poll interval");
+        assert!(!fetch_if_due(&mut s, &wakes));
         drop(tx);
-        assert!(!drive(&mut s, &wakes), "a closed stream is not a wake-up");
+        assert!(!fetch_if_due(&mut s, &wakes), "a closed stream is not a reason");
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(drive(&mut s, &wakes), "the timer goes on without notices");
+        assert!(fetch_if_due(&mut s, &wakes), "the timer goes on without notices");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_task_handed_out_after_the_notice_makes_the_recheck_needless() {
+    async fn a_notice_during_a_fetch_makes_one_more_fetch_due() {
         let (tx, rx) = mpsc::unbounded();
-        let mut s = WakeOrPoll::new(rx, Duration::from_secs(60));
+        let mut s = FetchReasons::new(rx, Duration::from_secs(60));
         let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        assert!(fetch_if_due(&mut s, &wakes));
+        // The fetch is in flight; the worker is polled again.
         tx.unbounded_send(1).unwrap();
-        assert!(drive(&mut s, &wakes));
-        s.on_poll(&PollSnapshot {
-            total_ready: 1,
-            ..PollSnapshot::new()
-        });
-        tokio::time::advance(RECHECK_AFTER).await;
-        assert!(
-            !drive(&mut s, &wakes),
-            "no re-check: apalis fetches after handing out"
-        );
+        assert!(due(&mut s, &wakes), "drained during the fetch");
+        // The fetch ends (empty); the next poll must fetch again: its
+        // snapshot may have predated the job.
+        assert!(fetch_if_due(&mut s, &wakes), "the notice is not lost");
+        assert!(!fetch_if_due(&mut s, &wakes));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_makes_the_next_fetch_due() {
+        let (_tx, rx) = mpsc::unbounded::<u8>();
+        let mut s = FetchReasons::new(rx, Duration::from_secs(60));
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        assert!(fetch_if_due(&mut s, &wakes));
+        s.batch_was_full();
+        assert!(fetch_if_due(&mut s, &wakes), "more may be waiting");
+        assert!(!fetch_if_due(&mut s, &wakes), "a short batch: nothing more");
     }
 }

@@ -1,0 +1,240 @@
+//! The fetch gate (worker/src/fetch_gate.rs, docs/job-path.md "Waking and
+//! fetching"): a worker fetches after a notice, after a full batch and on
+//! its poll timer, and at no other time. Fetches are counted by the
+//! database: `apalis.get_jobs` is wrapped, for the test, in a function that
+//! records each call (in the fetch's own statement, so the count is exact
+//! and visible as soon as the fetch returns).
+use std::time::Duration;
+
+use idemq_core::{
+    fingerprint::Fingerprint,
+    idempotency::{self, NewOperation, NextAction},
+    key::IdempotencyKey,
+    operation::{OperationId, OperationKind},
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Wraps `apalis.get_jobs` so that every call of it is a row of
+/// `test_fetches`. Before any worker connects (a connection keeps its plan).
+async fn count_fetches(app: &TestApp) {
+    sqlx::raw_sql(
+        "CREATE TABLE test_fetches (queue text NOT NULL, jobs integer);
+         ALTER FUNCTION apalis.get_jobs(text, text, integer) RENAME TO get_jobs_uncounted;
+         CREATE FUNCTION apalis.get_jobs(worker_id text, v_job_type text, v_job_count integer DEFAULT 5)
+         RETURNS SETOF apalis.jobs LANGUAGE plpgsql VOLATILE AS $$
+         DECLARE n integer;
+         BEGIN
+             RETURN QUERY SELECT * FROM apalis.get_jobs_uncounted(worker_id, v_job_type, v_job_count);
+             GET DIAGNOSTICS n = ROW_COUNT;
+             INSERT INTO public.test_fetches VALUES (v_job_type, n);
+         END $$;",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+async fn fetches(app: &TestApp, queue: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM test_fetches WHERE queue = $1")
+        .bind(queue)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+/// No timer during the test: every fetch is a notice's (or a full batch's).
+fn no_timer() -> idemq_worker::WorkerConfig {
+    idemq_worker::WorkerConfig {
+        queue_poll_interval: Duration::from_secs(3600),
+        ..test_worker_config()
+    }
+}
+
+async fn paid(app: &TestApp, invoice: &str) -> Value {
+    let r = app.mark_paid(invoice, &format!("key-{invoice}")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    app.await_final(op["id"].as_str().unwrap()).await
+}
+
+#[tokio::test]
+async fn one_job_at_a_time_costs_one_fetch_each() {
+    let mut app = spawn_app().await;
+    count_fetches(&app).await;
+    for i in 0..11 {
+        app.insert_invoice(&format!("inv-{i}")).await;
+    }
+    app.start_worker_with(no_timer()).await;
+    // Past the start (its first fetch, the listener's first wake-up).
+    assert_eq!(paid(&app, "inv-0").await["status"], "succeeded");
+    let before = fetches(&app, "payments").await;
+
+    let jobs: i32 = 10;
+    for i in 1..=jobs {
+        assert_eq!(paid(&app, &format!("inv-{i}")).await["status"], "succeeded");
+    }
+    let per_job = fetches(&app, "payments").await - before;
+    println!("{per_job} fetches for {jobs} jobs, one at a time");
+    // One fetch per notice; none after handing the job out, none after it
+    // finished (apalis's own backend made 3 or more per job here). One
+    // spare: a notice drained while a fetch is in flight is answered by
+    // one more fetch.
+    assert!(
+        (i64::from(jobs)..=i64::from(jobs) + 1).contains(&per_job),
+        "{per_job} fetches for {jobs} jobs"
+    );
+    let found = app
+        .count("SELECT count(*) FROM test_fetches WHERE queue = 'payments' AND jobs = 1")
+        .await;
+    assert_eq!(found, i64::from(jobs) + 1, "each job was found by one fetch");
+}
+
+#[tokio::test]
+async fn a_burst_of_notices_is_at_most_two_fetches() {
+    let mut app = spawn_app().await;
+    count_fetches(&app).await;
+    app.insert_invoice("inv-0").await;
+    app.insert_invoice("inv-1").await;
+    app.start_worker_with(no_timer()).await;
+    assert_eq!(paid(&app, "inv-0").await["status"], "succeeded");
+    let before = fetches(&app, "payments").await;
+
+    // 100 notices for the queue in one commit, no job behind them.
+    sqlx::query(
+        "SELECT pg_notify('apalis::job::insert', json_build_object('job_type', 'payments', 'id', i::text)::text)
+         FROM generate_series(1, 100) AS i",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // A real job after them: once it is done, the burst has been drained
+    // (notices arrive in order).
+    assert_eq!(paid(&app, "inv-1").await["status"], "succeeded");
+    let after = fetches(&app, "payments").await - before;
+    println!("{after} fetches for a burst of 100 notices and one job");
+    // The burst: one fetch, or two if the listener was still handing it
+    // over when the first started; the job: one, or two likewise.
+    assert!(after <= 4, "{after} fetches for 100 notices and one job");
+}
+
+#[tokio::test]
+async fn a_job_enqueued_without_a_notice_is_taken_on_the_poll_timer() {
+    let mut app = spawn_app().await;
+    count_fetches(&app).await;
+    app.insert_invoice("inv-quiet").await;
+    app.start_worker_with(idemq_worker::WorkerConfig {
+        queue_poll_interval: Duration::from_millis(300),
+        ..test_worker_config()
+    })
+    .await;
+    // The worker has started and looked once.
+    eventually("the worker's first fetch", || async {
+        fetches(&app, "payments").await >= 1
+    })
+    .await;
+
+    // Recorded and enqueued by the core, as the API does, but no notice
+    // (as for a retry or a delayed job).
+    let (principal, _) = idemq_core::principal::create_token(&app.db.pool, "quiet")
+        .await
+        .unwrap();
+    let body = json!({ "paymentMethod": "card" });
+    let id = OperationId::new();
+    let key = IdempotencyKey::parse(b"quiet-1").unwrap();
+    let fingerprint =
+        Fingerprint::compute("PATCH", "/invoices/{id}/mark-paid", &[("id", "inv-quiet")], &body);
+    let request = json!({ "params": { "id": "inv-quiet" }, "body": body });
+    let next = idempotency::begin(
+        &app.db.pool,
+        NewOperation {
+            id,
+            announce_finish: false,
+            principal: &principal,
+            key: &key,
+            fingerprint,
+            kind: OperationKind::InvoiceMarkPaid,
+            request: &request,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(next, NextAction::Started(_)));
+    let done = format!(
+        "SELECT count(*) FROM operations WHERE id = '{}' AND status = 'succeeded'",
+        id.uuid()
+    );
+    eventually("the job taken without a notice", || async {
+        app.count(&done).await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_fetched_but_not_handed_out_go_back_at_shutdown() {
+    let mut app = spawn_app().await;
+    // Every payment sleeps: one runs, the rest of the batch waits in the
+    // worker's buffer.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+         CREATE TRIGGER test_slow BEFORE UPDATE ON invoices
+            FOR EACH ROW EXECUTE FUNCTION test_slow();",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let mut ops = Vec::new();
+    for i in 0..5 {
+        app.insert_invoice(&format!("inv-{i}")).await;
+        let r = app.mark_paid(&format!("inv-{i}"), &format!("key-{i}")).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let op: Value = r.json().await.unwrap();
+        ops.push(op["id"].as_str().unwrap().to_owned());
+    }
+    app.start_worker_with(idemq_worker::WorkerConfig {
+        worker_concurrency: 1,
+        queue_batch_size: 10,
+        queue_poll_interval: Duration::from_secs(3600),
+        ..test_worker_config()
+    })
+    .await;
+    eventually("the five jobs fetched in one batch", || async {
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+            .await
+            == 5
+    })
+    .await;
+    eventually("one job running", || async {
+        app.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    app.stop_workers().await;
+
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+            .await,
+        0,
+        "nothing left held by the stopped worker"
+    );
+    let pending = app
+        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND lock_by IS NULL")
+        .await;
+    let done = app
+        .count("SELECT count(*) FROM operations WHERE status = 'succeeded'")
+        .await;
+    assert!(done >= 1, "the running job finished");
+    assert_eq!(pending + done, 5, "the others are back in the queue");
+    // Another worker takes them at once.
+    app.start_worker().await;
+    for op in &ops {
+        assert_eq!(app.await_final(op).await["status"], "succeeded");
+    }
+}

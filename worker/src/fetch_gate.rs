@@ -1,0 +1,182 @@
+//! The queue loop's backend: apalis-postgres's `PostgresStorage` for
+//! everything but the fetch, and a fetch of our own that runs only when
+//! there is a reason ([`FetchReasons`]: a notice, a full batch, the timer).
+//!
+//! apalis's `Persisted` backend fetches whenever it is polled with an empty
+//! buffer, and the worker polls it after every task handed out and after
+//! every job that finishes: at a few jobs in flight most of those fetches
+//! came back empty (README "Performance"). Its state is private to
+//! apalis-core, so the gate never lets it fetch: it never calls the
+//! storage's `poll_next`. The storage still registers the worker, beats its
+//! heart, sweeps orphans and acknowledges jobs (its `poll_ready`, driven by
+//! apalis as before), and the jobs are apalis's rows, fetched by apalis's
+//! own statement (`apalis_postgres::queries::fetch_next`, our
+//! `apalis.get_jobs`): the board, the orphan sweep and the reconciler see
+//! what they saw before.
+//!
+//! The fetch is one statement on its own (no `BEGIN`/`COMMIT` around it:
+//! it is atomic by itself), on the queue pool (asynchronous commit). At most
+//! one fetch is in flight per queue loop; the jobs it returns are handed out
+//! one per free slot. At shutdown, jobs fetched but not handed out are put
+//! back (`reenqueue_abandoned`), also those of a fetch still in flight.
+use std::{
+    collections::VecDeque,
+    task::{Context, Poll},
+};
+
+use apalis_core::{
+    backend::{Backend, BackendConfig, WireFormatBackend},
+    delegate_codec, delegate_config,
+    worker::context::WorkerContext,
+};
+use apalis_postgres::{PgTask, PostgresStorage};
+use futures::{future::BoxFuture, FutureExt, Stream};
+
+use crate::wake_strategy::FetchReasons;
+
+type Fetch = BoxFuture<'static, Result<Vec<PgTask>, apalis_postgres::Error>>;
+type PutBack = BoxFuture<'static, Result<u64, apalis_postgres::Error>>;
+
+pub struct FetchGate<B, S> {
+    backend: B,
+    reasons: FetchReasons<S>,
+    fetch: Option<Fetch>,
+    put_back: Option<PutBack>,
+    buffer: VecDeque<PgTask>,
+    /// A fetch failed: the loop ends (as with apalis's own fetch).
+    dead: bool,
+}
+
+impl<B, S: Stream + Unpin> FetchGate<B, S> {
+    pub fn new(backend: B, reasons: FetchReasons<S>) -> Self {
+        FetchGate {
+            backend,
+            reasons,
+            fetch: None,
+            put_back: None,
+            buffer: VecDeque::new(),
+            dead: false,
+        }
+    }
+}
+
+impl<Args, S: Stream + Unpin> FetchGate<PostgresStorage<Args>, S> {
+    fn start_fetch(&mut self, worker: &WorkerContext) {
+        let pool = self.backend.pool().clone();
+        let config = self.backend.config().clone();
+        let worker = worker.clone();
+        self.reasons.fetch_started();
+        self.fetch = Some(
+            async move {
+                let mut conn = pool.acquire().await?;
+                apalis_postgres::queries::fetch_next(&mut *conn, &config, &worker).await
+            }
+            .boxed(),
+        );
+    }
+
+    /// Polls the fetch in flight into the buffer; `Ready` once none is in
+    /// flight.
+    fn poll_fetch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), apalis_postgres::Error>> {
+        let Some(fetch) = self.fetch.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = futures::ready!(fetch.poll_unpin(cx));
+        self.fetch = None;
+        let tasks = result?;
+        if tasks.len() >= self.backend.config().batch_size {
+            self.reasons.batch_was_full();
+        }
+        self.buffer.extend(tasks);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
+    type Task = PgTask;
+    type Error = apalis_postgres::Error;
+
+    /// The storage's own work (registration, heartbeat and orphan sweep,
+    /// the acknowledgements pending) runs only between batches: while jobs
+    /// wait in the buffer or a fetch is in flight, the worker goes on
+    /// handing out jobs and the acknowledgements pile up, to be sent in one
+    /// statement before the next fetch. That is when apalis's own backend
+    /// ran them (its `poll_ready` works only in its `Ready` state, between a
+    /// batch and the next fetch); running them after every job instead cost
+    /// an acknowledgement per job and held the next job back during each.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.dead || !self.buffer.is_empty() || self.fetch.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        self.backend.poll_ready(cx, worker)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<PgTask, Self::Error>>> {
+        if self.dead {
+            return Poll::Ready(None);
+        }
+        loop {
+            if let Some(task) = self.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(task)));
+            }
+            // On every poll, also with a fetch in flight: registers the
+            // waker on notices and timer, and keeps a notice drained now
+            // due for the next fetch.
+            let due = self.reasons.poll_due(cx);
+            if self.fetch.is_some() {
+                match self.poll_fetch(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => {
+                        tracing::warn!(error = %e, "fetching jobs failed");
+                        self.dead = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            if !due {
+                // Parked: a notice or the timer wakes the worker.
+                return Poll::Pending;
+            }
+            self.start_fetch(worker);
+        }
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        loop {
+            // A fetch in flight may have taken jobs: they go back too.
+            futures::ready!(self.poll_fetch(cx))?;
+            if let Some(put_back) = self.put_back.as_mut() {
+                let result = futures::ready!(put_back.poll_unpin(cx));
+                self.put_back = None;
+                result?;
+            }
+            if self.buffer.is_empty() {
+                return self.backend.poll_close(cx, worker);
+            }
+            let ids = self
+                .buffer
+                .drain(..)
+                .filter_map(|t| t.task_id().map(ToString::to_string))
+                .collect::<Vec<_>>();
+            let pool = self.backend.pool().clone();
+            let queue = self.backend.config().queue.to_string();
+            let worker = worker.name().to_owned();
+            self.put_back = Some(
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    apalis_postgres::queries::reenqueue_abandoned(&mut *conn, &queue, &worker, &ids).await
+                }
+                .boxed(),
+            );
+        }
+    }
+}
+
+delegate_config!(FetchGate<B, S>, backend);
+
+delegate_codec!(FetchGate<B, S>, backend);
