@@ -30,36 +30,32 @@ pub enum AttemptResult {
 
 /// The attempt's opening message, sent as the job transaction's `BEGIN`
 /// (`open_attempt`): first the attempt's **start** in a transaction of its
-/// own, committed asynchronously — the operation marked `running`, the
-/// attempt counted in `operations.attempts` (so the bound holds across worker
-/// crashes: the count is committed before the effect's transaction begins),
-/// the attempt's row opened by `{worker}`, and an earlier one still open
-/// closed as `abandoned` (its worker died mid-attempt) — then the job's own
-/// transaction, its statements limited to `{limit_ms}`.
+/// own, committed asynchronously — the SQL function `start_attempt`
+/// (migration `20261202000030_start_attempt.sql`) marks the operation
+/// `running`, counts the attempt in `operations.attempts` (so the bound holds
+/// across worker crashes: the count is committed before the effect's
+/// transaction begins), opens the attempt's row by `{worker}` and closes an
+/// earlier one still open as `abandoned` (its worker died mid-attempt) — then
+/// the job's own transaction, its statements limited to `{limit_ms}`.
 ///
 /// One simple-query message, so one round trip on the job's own connection:
 /// the start used to be a statement of its own on the asynchronous pool (a
 /// second connection and a second round trip per attempt). Its result is not
 /// read: the job transaction's locking `SELECT` tells the attempt number, and
 /// whether the operation is final or gone (then the start changed nothing).
+/// The start is a function because a statement of a simple query is parsed
+/// and planned on every call; the function's PL/pgSQL keeps its plans.
 ///
-/// Dynamic, not `query!`: a simple-query message carries no parameters, so
-/// the operation id and the worker name are literals (`{op}`: a formatted
-/// `Uuid`; `{worker}`: our own instance name, quoted by `quote_literal`);
-/// nothing of a request goes into it. Behind a transaction-mode pooler the
-/// checkout's transaction is already open (`db::connect_pooled`): the first
-/// `BEGIN` then only warns (silenced), and the message works the same.
+/// Dynamic, not `query!`: a multi-statement message is a simple query, which
+/// carries no parameters, so the operation id and the worker name are
+/// literals (`{op}`: a formatted `Uuid`; `{worker}`: our own instance name,
+/// quoted by `quote_literal`); nothing of a request goes into it. Behind a
+/// transaction-mode pooler the checkout's transaction is already open
+/// (`db::connect_pooled`): the first `BEGIN` then only warns (silenced), the
+/// start joins that transaction, and the `COMMIT` ends it.
 const OPEN_ATTEMPT: &str =
     "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = {limit_ms};
-WITH op AS (
-    UPDATE operations SET status = 'running', attempts = attempts + 1, updated_at = now()
-    WHERE id = {op} AND status IN ('queued', 'running')
-    RETURNING id, attempts
-), abandoned AS (
-    UPDATE operation_attempts SET ended_at = now(), outcome = 'abandoned'
-    WHERE operation_id = {op} AND ended_at IS NULL AND EXISTS (SELECT 1 FROM op)
-)
-INSERT INTO operation_attempts (operation_id, attempt, worker) SELECT id, attempts, {worker} FROM op;
+SELECT start_attempt({op}, {worker});
 COMMIT; BEGIN; SET LOCAL statement_timeout = {limit_ms}";
 
 /// `s` as an SQL string literal: an escape string (`E'…'`, read the same
@@ -147,7 +143,7 @@ pub async fn open_attempt<'c>(
     let ms = limit.as_millis().clamp(1, i32::MAX as u128);
     let opening = OPEN_ATTEMPT
         .replace("{limit_ms}", &ms.to_string())
-        .replace("{op}", &format!("'{}'", op.uuid()))
+        .replace("{op}", &format!("'{}'::uuid", op.uuid()))
         // Last: nothing in the name is read as a placeholder.
         .replace("{worker}", &quote_literal(worker));
     let JobConnection { conn, in_doubt } = conn;
