@@ -54,11 +54,14 @@ fn prepare_connection(
 /// A second pool to the same database whose commits do not wait for their
 /// WAL flush (`synchronous_commit = off` for every session), for the
 /// worker's writes that carry no effect: apalis's fetch, acknowledgement and
-/// heartbeat, and the attempt count. Why that is safe is the README's
-/// "Durability of each commit": a Postgres crash can lose the last few
-/// hundred milliseconds of these commits (an attempt goes uncounted, a job is
-/// delivered again), and the operation row, locked by the job's own durable
-/// transaction, makes both harmless; a worker's crash loses nothing committed.
+/// heartbeat, and a failed attempt's error. (The attempt count commits
+/// asynchronously too, but on the job's own connection, with `SET LOCAL` in
+/// the message that opens the job's transaction: `job::open_attempt`.) Why
+/// that is safe is docs/job-path.md, "Durability of each commit": a Postgres
+/// crash can lose the last few hundred milliseconds of these commits (an
+/// attempt goes uncounted, a job is delivered again), and the operation row,
+/// locked by the job's own durable transaction, makes both harmless; a
+/// worker's crash loses nothing committed.
 /// Connects lazily, with the settings (and acquire timeout) of `pool`.
 ///
 /// Behind a transaction-mode pooler (`pool` made by [`connect_pooled`]) the

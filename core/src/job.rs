@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{pool::PoolConnection, Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
@@ -28,50 +28,206 @@ pub enum AttemptResult {
     Exhausted,
 }
 
-/// An attempt about to run, as `start_attempt` recorded it.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub operation: OperationId,
-    pub number: i32,
-    pub kind: OperationKind,
+/// The attempt's opening message, sent as the job transaction's `BEGIN`
+/// (`open_attempt`): first the attempt's **start** in a transaction of its
+/// own, committed asynchronously — the SQL function `start_attempt`
+/// (migration `20261202000030_start_attempt.sql`) marks the operation
+/// `running`, counts the attempt in `operations.attempts` (so the bound holds
+/// across worker crashes: the count is committed before the effect's
+/// transaction begins), opens the attempt's row by `{worker}` and closes an
+/// earlier one still open as `abandoned` (its worker died mid-attempt) — then
+/// the job's own transaction, its statements limited to `{limit_ms}`.
+///
+/// One simple-query message, so one round trip on the job's own connection:
+/// the start used to be a statement of its own on the asynchronous pool (a
+/// second connection and a second round trip per attempt). Its result is not
+/// read: the job transaction's locking `SELECT` tells the attempt number, and
+/// whether the operation is final or gone (then the start changed nothing).
+/// The start is a function because a statement of a simple query is parsed
+/// and planned on every call; the function's PL/pgSQL keeps its plans.
+///
+/// Dynamic, not `query!`: a multi-statement message is a simple query, which
+/// carries no parameters, so the operation id and the worker name are
+/// literals (`{op}`: a formatted `Uuid`; `{worker}`: our own instance name,
+/// quoted by `quote_literal`); nothing of a request goes into it. Behind a
+/// transaction-mode pooler the checkout's transaction is already open
+/// (`db::connect_pooled`): the first `BEGIN` then only warns (silenced), the
+/// start joins that transaction, and the `COMMIT` ends it.
+const OPEN_ATTEMPT: &str =
+    "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = {limit_ms};
+SELECT start_attempt({op}, {worker});
+COMMIT; BEGIN; SET LOCAL statement_timeout = {limit_ms}";
+
+/// `s` as an SQL string literal: an escape string (`E'…'`, read the same
+/// whatever `standard_conforming_strings` says) with quotes and backslashes
+/// doubled. NUL, which no Postgres text holds, is dropped.
+fn quote_literal(s: &str) -> String {
+    let mut quoted = String::with_capacity(s.len() + 3);
+    quoted.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => quoted.push_str("''"),
+            '\\' => quoted.push_str("\\\\"),
+            '\0' => {}
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
-/// Marks the operation `running` and counts the attempt, committed on its own
-/// so that a worker killed mid-job still leaves the count behind (the bound
-/// holds across worker crashes). The worker runs it on its asynchronously
-/// committing pool: a Postgres crash may lose the count (README "Durability
-/// of each commit"). The same statement opens the attempt's row in
-/// `operation_attempts` (by `worker`) and closes an earlier one still open as
-/// `abandoned` (its worker died mid-attempt): no extra round trip. `None`:
-/// finished already, or gone.
-pub async fn start_attempt(pool: &PgPool, op: OperationId, worker: &str) -> Result<Option<Attempt>, Error> {
-    let row = sqlx::query!(
-        "WITH op AS (
-            UPDATE operations SET status = 'running', attempts = attempts + 1, updated_at = now()
-            WHERE id = $1 AND status IN ('queued', 'running')
-            RETURNING id, attempts, kind
-         ), abandoned AS (
-            UPDATE operation_attempts SET ended_at = now(), outcome = 'abandoned'
-            WHERE operation_id = $1 AND ended_at IS NULL AND EXISTS (SELECT 1 FROM op)
-         ), opened AS (
-            INSERT INTO operation_attempts (operation_id, attempt, worker)
-            SELECT id, attempts, $2 FROM op
-         )
-         SELECT attempts, kind FROM op",
-        op.uuid(),
-        worker,
-    )
-    .fetch_optional(pool)
-    .await?
-    .map(|row| (row.attempts, row.kind));
-    row.map(|(number, kind)| {
-        Ok(Attempt {
-            operation: op,
-            number,
-            kind: OperationKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("kind {kind}")))?,
+/// A connection of the job pool for one attempt. If the attempt's opening
+/// message did not get its answer — it failed (its first transaction then
+/// stays aborted on the server, and sqlx, which counts no transaction yet,
+/// would not roll it back), or the attempt was abandoned while it waited (a
+/// lock, the time limit: the server may then be left inside the job's
+/// transaction) — the connection is closed instead of going back to the
+/// pool, where the next user would inherit that state.
+pub struct JobConnection {
+    conn: PoolConnection<Postgres>,
+    in_doubt: bool,
+}
+
+impl JobConnection {
+    pub async fn acquire(pool: &PgPool) -> Result<JobConnection, Error> {
+        Ok(JobConnection {
+            conn: pool.acquire().await?,
+            in_doubt: false,
         })
-    })
-    .transpose()
+    }
+}
+
+impl Drop for JobConnection {
+    fn drop(&mut self) {
+        if self.in_doubt {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// What the attempt's opening found.
+pub enum Opened<'c> {
+    /// The attempt is counted and the operation locked: run it, or give up.
+    Locked(Locked<'c>),
+    /// Already final (a redelivery), or not this delivery's to run: nothing
+    /// was counted, nothing changes.
+    AlreadyFinished,
+    /// No such operation (deleted, or a job pushed by hand).
+    Missing,
+}
+
+/// An attempt opened by `open_attempt`: counted (committed), its operation
+/// row locked in the job's transaction, the operation not final.
+pub struct Locked<'c> {
+    tx: Transaction<'c, Postgres>,
+    op: OperationId,
+    /// The attempt's number: `operations.attempts` after its start.
+    pub number: i32,
+    pub kind: OperationKind,
+    principal: uuid::Uuid,
+    request: Value,
+}
+
+/// Opens an attempt on `conn` in one round trip ([`OPEN_ATTEMPT`]): its start
+/// committed on its own (asynchronously: a Postgres crash may lose the count,
+/// docs/job-path.md "Durability of each commit"; a worker's crash does not),
+/// then the job's transaction (each statement limited by the server to
+/// `limit`, lock waits included, so that Postgres drops a hung attempt and
+/// its row locks too), which locks the operation row (step 1).
+pub async fn open_attempt<'c>(
+    conn: &'c mut JobConnection,
+    op: OperationId,
+    worker: &str,
+    limit: Duration,
+) -> Result<Opened<'c>, Error> {
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+    let opening = OPEN_ATTEMPT
+        .replace("{limit_ms}", &ms.to_string())
+        .replace("{op}", &format!("'{}'::uuid", op.uuid()))
+        // Last: nothing in the name is read as a placeholder.
+        .replace("{worker}", &quote_literal(worker));
+    let JobConnection { conn, in_doubt } = conn;
+    *in_doubt = true;
+    let mut tx = Connection::begin_with(&mut **conn, sqlx::AssertSqlSafe(opening)).await?;
+    *in_doubt = false;
+    let row = sqlx::query!(
+        "SELECT status, kind, principal_id, request, attempts FROM operations WHERE id = $1 FOR UPDATE",
+        op.uuid(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Opened::Missing);
+    };
+    // The start leaves the operation `running`. Final: the start changed
+    // nothing (a redelivery). `queued`: it changed nothing either (the
+    // operation was final then, and an operator's retry has since queued it
+    // again with a job of its own, which runs it).
+    if OperationStatus::parse(&row.status) != Some(OperationStatus::Running) {
+        return Ok(Opened::AlreadyFinished);
+    }
+    let kind = OperationKind::parse(&row.kind).ok_or_else(|| Error::Corrupt(format!("kind {}", row.kind)))?;
+    Ok(Opened::Locked(Locked {
+        tx,
+        op,
+        number: row.attempts,
+        kind,
+        principal: row.principal_id,
+        request: row.request,
+    }))
+}
+
+impl Locked<'_> {
+    /// The stored request (path parameters and body).
+    pub fn request(&self) -> &Value {
+        &self.request
+    }
+
+    /// Runs the attempt: the business operation under its row lock (steps
+    /// 2–3), the final response (step 4), the commit (step 5). Any `Err` has
+    /// rolled back. If a request waits for the operation, `notifier`
+    /// announces it after the commit.
+    pub async fn run(mut self, ttl: Duration, notifier: &Notifier) -> Result<AttemptResult, Error> {
+        let actor = Actor {
+            operation: self.op,
+            principal: self.principal,
+        };
+        let outcome = execute(&mut self.tx, actor, self.kind, &self.request).await?;
+        let finished = finish(&mut self.tx, self.op, &outcome, ttl, None).await?;
+        self.tx.commit().await?;
+        if let Some(audit) = &outcome.audit {
+            audit.log();
+        }
+        if finished.waited_for {
+            notifier.operation_finished(self.op);
+        }
+        Ok(AttemptResult::Finished(finished.status))
+    }
+
+    /// Does not run the attempt (it is past the bound: earlier ones killed
+    /// their workers): finishes the operation `failed` with the stored 500 of
+    /// [`finish_exhausted`], in this same transaction, under the lock it
+    /// already holds. `attempts`: how many ran.
+    pub async fn give_up(
+        mut self,
+        attempts: i32,
+        ttl: Duration,
+        notifier: &Notifier,
+    ) -> Result<AttemptResult, Error> {
+        let finished = finish(
+            &mut self.tx,
+            self.op,
+            &exhausted(attempts),
+            ttl,
+            Some("exhausted"),
+        )
+        .await?;
+        self.tx.commit().await?;
+        if finished.waited_for {
+            notifier.operation_finished(self.op);
+        }
+        Ok(AttemptResult::Exhausted)
+    }
 }
 
 /// Closes a failed attempt's row with its error, after its transaction rolled
@@ -93,63 +249,6 @@ pub async fn record_attempt_error(
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// One attempt: one transaction that locks the operation row (step 1), runs
-/// the business operation under its row lock (steps 2–3), stores the final
-/// response (step 4) and commits (step 5). Any `Err` has rolled back. If a
-/// request waits for the operation, `notifier` announces it after the commit.
-///
-/// With `limit`, each statement is limited by the server (`SET LOCAL
-/// statement_timeout`, lock waits included): the worker's own time limit
-/// abandons a hung attempt, and this makes Postgres abandon it too, so that
-/// its row locks go at once instead of when the hung statement ends.
-pub async fn run_attempt(
-    pool: &PgPool,
-    op: OperationId,
-    ttl: Duration,
-    limit: Option<Duration>,
-    notifier: &Notifier,
-) -> Result<AttemptResult, Error> {
-    // The limit travels with BEGIN: one round trip (simple query protocol).
-    let mut tx = match limit {
-        Some(limit) => {
-            let ms = limit.as_millis().clamp(1, i32::MAX as u128);
-            pool.begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SET LOCAL statement_timeout = {ms}"
-            )))
-            .await?
-        }
-        None => pool.begin().await?,
-    };
-    let row = sqlx::query!(
-        "SELECT status, kind, principal_id, request FROM operations WHERE id = $1 FOR UPDATE",
-        op.uuid(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .map(|r| (r.status, r.kind, r.principal_id, r.request));
-    let Some((status, kind, principal, request)) = row else {
-        return Ok(AttemptResult::Missing);
-    };
-    if OperationStatus::parse(&status).is_none_or(OperationStatus::is_final) {
-        return Ok(AttemptResult::AlreadyFinished);
-    }
-    let kind = OperationKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("kind {kind}")))?;
-    let actor = Actor {
-        operation: op,
-        principal,
-    };
-    let outcome = execute(&mut tx, actor, kind, &request).await?;
-    let finished = finish(&mut tx, op, &outcome, ttl, None).await?;
-    tx.commit().await?;
-    if let Some(audit) = &outcome.audit {
-        audit.log();
-    }
-    if finished.waited_for {
-        notifier.operation_finished(op);
-    }
-    Ok(AttemptResult::Finished(finished.status))
 }
 
 /// Finishes the operation `failed` with a stored 500-class problem after its
@@ -174,18 +273,22 @@ pub async fn finish_exhausted(
     {
         return Ok(false);
     }
-    let outcome = Outcome::refused(
-        Problem::new("operation-failed", "The operation could not be completed", 500).detail(format!(
-            "Gave up after {attempts} attempts because of internal errors. Nothing was changed; \
-             retry with a new Idempotency-Key."
-        )),
-    );
-    finish(&mut tx, op, &outcome, ttl, Some("exhausted"))
+    finish(&mut tx, op, &exhausted(attempts), ttl, Some("exhausted"))
         .await?
         .announce_at_commit(&mut tx)
         .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The stored 500 of an operation given up after `attempts` attempts.
+fn exhausted(attempts: i32) -> Outcome {
+    Outcome::refused(
+        Problem::new("operation-failed", "The operation could not be completed", 500).detail(format!(
+            "Gave up after {attempts} attempts because of internal errors. Nothing was changed; \
+             retry with a new Idempotency-Key."
+        )),
+    )
 }
 
 async fn execute(
@@ -301,4 +404,20 @@ pub(crate) async fn finish(
         status,
         waited_for: waited_for.unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_is_quoted_whatever_it_holds() {
+        assert_eq!(quote_literal("queue@host-1-01J"), "E'queue@host-1-01J'");
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(
+            quote_literal(r"a\'; DROP TABLE x; --"),
+            r"E'a\\''; DROP TABLE x; --'"
+        );
+        assert_eq!(quote_literal("nul\0here"), "E'nulhere'");
+    }
 }

@@ -5,6 +5,7 @@ mod harness;
 mod helpers;
 
 mod approvals;
+mod attempts;
 mod auth;
 mod bench_smoke;
 mod cleanup;

@@ -8,7 +8,8 @@
 //!
 //! - `IDEMQ_FAULT_PANIC_INVOICE=<invoice id>`: an attempt of
 //!   `invoice.mark_paid` on that invoice panics (inside the attempt's task,
-//!   where a real bug would) before it touches the database;
+//!   where a real bug would) after its start (the attempt is counted) and
+//!   before its effect;
 //! - `IDEMQ_FAULT_PANIC_ATTEMPTS=<n>`: only attempts 1..=n panic (default:
 //!   every attempt).
 //!
@@ -17,7 +18,7 @@
 //! because the fleet tests run that binary, as users do (README "Fault
 //! injection"); without `IDEMQ_FAULT_PANIC_INVOICE` it is inert.
 use idemq_core::operation::{OperationId, OperationKind};
-use sqlx::PgPool;
+use serde_json::Value;
 
 pub const PANIC_INVOICE_VAR: &str = "IDEMQ_FAULT_PANIC_INVOICE";
 pub const PANIC_ATTEMPTS_VAR: &str = "IDEMQ_FAULT_PANIC_ATTEMPTS";
@@ -64,26 +65,18 @@ impl Faults {
         self.panic_invoice.is_some()
     }
 
-    /// Called inside the attempt's task before the attempt runs. Costs
-    /// nothing unless a fault is armed.
-    pub async fn before_attempt(&self, pool: &PgPool, op: OperationId, kind: OperationKind, attempt: u32) {
+    /// Called inside the attempt's task once the attempt is started (counted,
+    /// its operation locked) and before its effect, with the stored request.
+    /// Costs nothing unless a fault is armed.
+    pub fn before_attempt(&self, op: OperationId, kind: OperationKind, attempt: u32, request: &Value) {
         let Some(invoice) = &self.panic_invoice else {
             return;
         };
         if kind != OperationKind::InvoiceMarkPaid || self.panic_attempts.is_some_and(|n| attempt > n) {
             return;
         }
-        let target: Option<String> = sqlx::query_scalar!(
-            "SELECT request->'params'->>'id' FROM operations WHERE id = $1",
-            op.uuid()
-        )
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten()
-        .flatten();
-        if target.as_deref() == Some(invoice.as_str()) {
-            panic!("injected fault: {PANIC_INVOICE_VAR}={invoice}, attempt {attempt}");
+        if request["params"]["id"].as_str() == Some(invoice.as_str()) {
+            panic!("injected fault: {PANIC_INVOICE_VAR}={invoice}, attempt {attempt} of {op}");
         }
     }
 }

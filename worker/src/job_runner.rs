@@ -10,11 +10,14 @@
 //! live worker takes it at once), so that a graceful stop finishes only the
 //! attempts in flight. The attempt count lives in `operations.attempts`, so
 //! the bound holds whoever takes the job next.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use apalis::prelude::{BoxDynError, Data};
 use idemq_core::{
-    job::{self, AttemptResult},
+    job::{self, AttemptResult, Opened},
     notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
@@ -36,8 +39,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 pub struct JobRunner {
     pool: PgPool,
     /// Commits without waiting for the WAL flush, for the writes that carry
-    /// no effect (the attempt count and its error, apalis's fetch, ack and
-    /// heartbeat): `idemq_core::db::connect_async_commit`.
+    /// no effect (a failed attempt's error, apalis's fetch, ack and
+    /// heartbeat): `idemq_core::db::connect_async_commit`. The attempt count
+    /// commits asynchronously too, but on the job's own connection, in the
+    /// message that opens its transaction (`job::open_attempt`).
     queue_pool: PgPool,
     notifier: Notifier,
     ttl: Duration,
@@ -55,6 +60,8 @@ pub struct JobRunner {
 pub enum JobError {
     #[error("database unreachable: {0}")]
     Database(#[from] Error),
+    #[error("attempt could not be started: {0}")]
+    NotStarted(String),
     #[error("worker stopping: job handed back to the queue")]
     Stopping,
 }
@@ -83,7 +90,7 @@ pub fn backoff(attempt: u32) -> Duration {
 impl JobRunner {
     pub fn new(pool: PgPool, settings: &WorkerSettings) -> Self {
         // Lazily connected: apalis's loops (one connection each at a time)
-        // and the attempt starts use as many as they need.
+        // and the attempts' errors use as many as they need.
         let queue_pool = idemq_core::db::connect_async_commit(&pool, pool.options().get_max_connections());
         JobRunner {
             notifier: Notifier::spawn(pool.clone()),
@@ -133,37 +140,51 @@ impl JobRunner {
 
     pub async fn run(&self, op: OperationId) -> Result<(), JobError> {
         let started = std::time::Instant::now();
-        let mut unreachable = 0u32;
+        let mut unstarted = 0u32;
         loop {
-            let attempt = match job::start_attempt(&self.queue_pool, op, &self.worker).await {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    tracing::info!("operation already finished or gone: redelivery, nothing to do");
-                    metrics::counter!(JOBS, "kind" => "unknown", "outcome" => "redelivered").increment(1);
-                    return Ok(());
-                }
-                // The database is unreachable: no attempt was counted. Wait
-                // and try again; past the bound, hand the job back to apalis.
-                Err(e) => {
-                    unreachable += 1;
-                    if unreachable >= self.max_attempts {
-                        return Err(e.into());
+            let span = tracing::info_span!(
+                "attempt",
+                kind = tracing::field::Empty,
+                attempt = tracing::field::Empty
+            );
+            let (attempt, result) = self.attempt_once(op).instrument(span).await;
+            let Some(attempt) = attempt else {
+                match result {
+                    // The start changed nothing: final already, or gone.
+                    Ok(_) => {
+                        tracing::info!("operation already finished or gone: redelivery, nothing to do");
+                        metrics::counter!(JOBS, "kind" => "unknown", "outcome" => "redelivered").increment(1);
+                        return Ok(());
                     }
-                    tracing::warn!(error = %e, "cannot start attempt; retrying");
-                    self.pause(backoff(unreachable)).await?;
-                    continue;
+                    // The opening failed (the database unreachable, most
+                    // likely): no attempt is known to have been counted. Wait
+                    // and try again; past the bound, hand the job back to
+                    // apalis.
+                    Err(e) => {
+                        let reason = e.reason();
+                        unstarted += 1;
+                        if unstarted >= self.max_attempts {
+                            return Err(JobError::NotStarted(reason));
+                        }
+                        tracing::warn!(reason, "cannot start attempt; retrying");
+                        self.pause(backoff(unstarted)).await?;
+                        continue;
+                    }
                 }
             };
-            let number = u32::try_from(attempt.number).unwrap_or(u32::MAX);
-            let kind = attempt.kind.as_str();
-            if number > self.max_attempts {
-                // Started past the bound (earlier attempts killed their
-                // workers): this one does not run, so it does not count.
-                record_job(kind, "exhausted", started);
-                return self.give_up(op, attempt.number - 1).await;
-            }
-            let span = tracing::info_span!("attempt", kind = attempt.kind.as_str(), attempt = number);
-            match self.attempt_once(op, attempt.kind, number).instrument(span).await {
+            let (number, kind) = (attempt.number(), attempt.kind.as_str());
+            match result {
+                Ok(AttemptResult::Exhausted) => {
+                    // Started past the bound (earlier attempts killed their
+                    // workers): it did not run; its transaction finished the
+                    // operation `failed`.
+                    tracing::error!(
+                        attempts = attempt.count - 1,
+                        "operation finished failed after its last attempt"
+                    );
+                    record_job(kind, "exhausted", started);
+                    return Ok(());
+                }
                 Ok(result) => {
                     tracing::info!(?result, kind, "job done");
                     let outcome = match result {
@@ -176,16 +197,16 @@ impl JobRunner {
                 }
                 Err(AttemptError::Permanent(reason)) => {
                     tracing::error!(reason, "job cannot succeed; finishing it failed");
-                    self.record_error(op, attempt.number, &reason).await;
+                    self.record_error(op, attempt.count, &reason).await;
                     record_job(kind, "exhausted", started);
-                    return self.give_up(op, attempt.number).await;
+                    return self.give_up(op, attempt.count).await;
                 }
                 Err(AttemptError::Retry(reason)) => {
-                    self.record_error(op, attempt.number, &reason).await;
+                    self.record_error(op, attempt.count, &reason).await;
                     if number >= self.max_attempts {
                         tracing::error!(reason, attempt = number, "last attempt failed");
                         record_job(kind, "exhausted", started);
-                        return self.give_up(op, attempt.number).await;
+                        return self.give_up(op, attempt.count).await;
                     }
                     metrics::counter!(JOBS, "kind" => kind, "outcome" => "retried").increment(1);
                     let delay = backoff(number);
@@ -201,23 +222,47 @@ impl JobRunner {
     /// is aborted (its transaction rolls back) rather than stuck. The same
     /// limit is the attempt's `statement_timeout`, so that Postgres drops a
     /// hung statement (and its locks) too.
-    async fn attempt_once(
-        &self,
-        op: OperationId,
-        kind: OperationKind,
-        number: u32,
-    ) -> Result<AttemptResult, AttemptError> {
-        let (pool, notifier) = (self.pool.clone(), self.notifier.clone());
-        let (ttl, limit, faults) = (self.ttl, self.timeout, self.faults.clone());
+    ///
+    /// The attempt opens with its start (`job::open_attempt`: counted and
+    /// committed, then the job's transaction, one round trip). The attempt
+    /// as started comes back beside the result whatever happened after its
+    /// start (an error, a panic, the time limit); `None`: not started, or
+    /// the start changed nothing (the operation final or gone).
+    async fn attempt_once(&self, op: OperationId) -> (Option<Started>, Result<AttemptResult, AttemptError>) {
+        let (pool, notifier, worker) = (self.pool.clone(), self.notifier.clone(), self.worker.clone());
+        let (ttl, limit, faults, max_attempts) =
+            (self.ttl, self.timeout, self.faults.clone(), self.max_attempts);
+        let slot = Arc::new(OnceLock::new());
+        let started = slot.clone();
         let task = tokio::spawn(
             async move {
-                faults.before_attempt(&pool, op, kind, number).await;
-                job::run_attempt(&pool, op, ttl, Some(limit), &notifier).await
+                let mut conn = job::JobConnection::acquire(&pool).await?;
+                let attempt = match job::open_attempt(&mut conn, op, &worker, limit).await? {
+                    Opened::Locked(attempt) => attempt,
+                    Opened::AlreadyFinished => return Ok(AttemptResult::AlreadyFinished),
+                    Opened::Missing => return Ok(AttemptResult::Missing),
+                };
+                let this = Started {
+                    count: attempt.number,
+                    kind: attempt.kind,
+                };
+                let _ = started.set(this);
+                let span = tracing::Span::current();
+                span.record("kind", this.kind.as_str());
+                span.record("attempt", this.number());
+                if this.number() > max_attempts {
+                    // Past the bound: finished `failed` under the lock the
+                    // attempt holds, in its transaction; the attempts that
+                    // ran are the ones before it.
+                    return attempt.give_up(this.count - 1, ttl, &notifier).await;
+                }
+                faults.before_attempt(op, this.kind, this.number(), attempt.request());
+                attempt.run(ttl, &notifier).await
             }
             .in_current_span(),
         );
         let abort = task.abort_handle();
-        match tokio::time::timeout(self.timeout, task).await {
+        let result = match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(Ok(result))) => Ok(result),
             // The core's classifier decides: transient and unexplained
             // database failures get another attempt (up to the bound); a
@@ -231,7 +276,8 @@ impl JobRunner {
                 abort.abort();
                 Err(AttemptError::Retry(format!("timed out after {:?}", self.timeout)))
             }
-        }
+        };
+        (slot.get().copied(), result)
     }
 
     /// The failed attempt's error on its row (the ops console shows it). A
@@ -259,6 +305,28 @@ fn record_job(kind: &'static str, outcome: &'static str, started: std::time::Ins
 enum AttemptError {
     Retry(String),
     Permanent(String),
+}
+
+impl AttemptError {
+    fn reason(self) -> String {
+        match self {
+            AttemptError::Retry(reason) | AttemptError::Permanent(reason) => reason,
+        }
+    }
+}
+
+/// An attempt as its start counted it.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    /// `operations.attempts` after the start.
+    count: i32,
+    kind: OperationKind,
+}
+
+impl Started {
+    fn number(self) -> u32 {
+        u32::try_from(self.count).unwrap_or(u32::MAX)
+    }
 }
 
 #[cfg(test)]
