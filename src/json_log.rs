@@ -40,27 +40,27 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut line = String::with_capacity(256);
+        // Written straight into the subscriber's line buffer.
+        let line = &mut writer;
         let meta = event.metadata();
-        let _ = write!(
-            line,
-            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
-            meta.level()
-        );
+        let _ = line.write_str("{\"timestamp\":\"");
+        timestamp(line);
+        let _ = line.write_str("\",\"level\":\"");
+        let _ = line.write_str(meta.level().as_str());
+        let _ = line.write_char('"');
         // `message` first, as tracing-subscriber's formatter puts it.
         let mut fields = Fields {
-            out: &mut line,
+            out: &mut *line,
             message_only: true,
         };
         event.record(&mut fields);
         let mut rest = Fields {
-            out: &mut line,
+            out: &mut *line,
             message_only: false,
         };
         event.record(&mut rest);
-        line.push_str(",\"target\":");
-        escaped(&mut line, meta.target());
+        let _ = line.write_str(",\"target\":");
+        escaped(line, meta.target());
         // `span`: the current span; `spans`: the whole stack, root first, so
         // that an attempt's line still carries its job's operation id.
         let current = event
@@ -69,35 +69,75 @@ where
             .or_else(|| ctx.lookup_current());
         if let Some(span) = current {
             let nested = span.parent().is_some();
-            line.push_str(",\"span\":");
-            span_object(&mut line, &span);
+            let _ = line.write_str(",\"span\":");
+            span_object(line, &span);
             // Only when it says more than `span`: a line inside one span (each
             // request's, the 429's) would print that span twice, and the 429
             // path is measured against `/healthz` (`idemq bench limited`).
             if nested {
-                line.push_str(",\"spans\":[");
+                let _ = line.write_str(",\"spans\":[");
                 if let Some(scope) = ctx.event_scope() {
                     for (i, span) in scope.from_root().enumerate() {
                         if i > 0 {
-                            line.push(',');
+                            let _ = line.write_char(',');
                         }
-                        span_object(&mut line, &span);
+                        span_object(line, &span);
                     }
                 }
-                line.push(']');
+                let _ = line.write_char(']');
             }
         }
-        line.push_str("}\n");
-        writer.write_str(&line)
+        line.write_str("}\n")
     }
 }
 
+/// `2026-12-02T13:21:02.123456Z`, as humantime's `format_rfc3339_micros`
+/// writes it; the part up to the second is formatted once a second.
+fn timestamp<W: fmt::Write>(out: &mut W) {
+    use std::{
+        cell::Cell,
+        time::{SystemTime, UNIX_EPOCH},
+    };
+    thread_local! {
+        static SECOND: Cell<Option<(u64, [u8; 19])>> = const { Cell::new(None) };
+    }
+    let now = SystemTime::now();
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let prefix = match SECOND.get() {
+        Some((s, prefix)) if s == secs => prefix,
+        _ => {
+            let whole = humantime::format_rfc3339_seconds(now).to_string();
+            let mut prefix = [0u8; 19];
+            match whole.as_bytes().get(..19) {
+                Some(p) => prefix.copy_from_slice(p),
+                // Not a four-digit year: no cache.
+                None => {
+                    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+                    return;
+                }
+            }
+            SECOND.set(Some((secs, prefix)));
+            prefix
+        }
+    };
+    let mut tail = *b".000000Z";
+    let mut micros = since_epoch.subsec_micros();
+    for digit in tail[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    let _ = out.write_str(std::str::from_utf8(&prefix).unwrap_or_default());
+    let _ = out.write_str(std::str::from_utf8(&tail).unwrap_or_default());
+}
+
 /// `{"field":…,"name":"span name"}`: the span's stored JSON fields, then its name.
-fn span_object<S>(line: &mut String, span: &tracing_subscriber::registry::SpanRef<'_, S>)
+fn span_object<S, W>(line: &mut W, span: &tracing_subscriber::registry::SpanRef<'_, S>)
 where
     S: for<'a> LookupSpan<'a>,
+    W: fmt::Write,
 {
-    line.push('{');
+    let _ = line.write_char('{');
     let ext = span.extensions();
     if let Some(stored) = ext.get::<FormattedFields<JsonFields>>() {
         // A JSON object (`{"a":1}`) or empty: its members, then ours.
@@ -107,34 +147,34 @@ where
             .and_then(|m| m.strip_suffix('}'))
             .unwrap_or("");
         if !members.is_empty() {
-            line.push_str(members);
-            line.push(',');
+            let _ = line.write_str(members);
+            let _ = line.write_char(',');
         }
     }
-    line.push_str("\"name\":");
+    let _ = line.write_str("\"name\":");
     escaped(line, span.name());
-    line.push('}');
+    let _ = line.write_char('}');
 }
 
-struct Fields<'a> {
-    out: &'a mut String,
+struct Fields<'a, W> {
+    out: &'a mut W,
     /// First pass: only `message`; second pass: everything else.
     message_only: bool,
 }
 
-impl Fields<'_> {
+impl<W: fmt::Write> Fields<'_, W> {
     fn key(&mut self, field: &Field) -> bool {
         if (field.name() == "message") != self.message_only {
             return false;
         }
-        self.out.push(',');
+        let _ = self.out.write_char(',');
         escaped(self.out, field.name());
-        self.out.push(':');
+        let _ = self.out.write_char(':');
         true
     }
 }
 
-impl Visit for Fields<'_> {
+impl<W: fmt::Write> Visit for Fields<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.key(field) {
             escaped(self.out, value);
@@ -166,24 +206,24 @@ impl Visit for Fields<'_> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.key(field) {
-            self.out.push('"');
-            let _ = write!(Escaping(self.out), "{value:?}");
-            self.out.push('"');
+            let _ = self.out.write_char('"');
+            let _ = write!(Escaping(&mut *self.out), "{value:?}");
+            let _ = self.out.write_char('"');
         }
     }
 }
 
 /// `s` as a JSON string.
-fn escaped(out: &mut String, s: &str) {
-    out.push('"');
-    let _ = Escaping(out).write_str(s);
-    out.push('"');
+fn escaped<W: fmt::Write>(out: &mut W, s: &str) {
+    let _ = out.write_char('"');
+    let _ = Escaping(&mut *out).write_str(s);
+    let _ = out.write_char('"');
 }
 
 /// Writes what it is given escaped for the inside of a JSON string.
-struct Escaping<'a>(&'a mut String);
+struct Escaping<'a, W>(&'a mut W);
 
-impl fmt::Write for Escaping<'_> {
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut start = 0;
         for (i, b) in s.bytes().enumerate() {
@@ -196,16 +236,15 @@ impl fmt::Write for Escaping<'_> {
                 0..=0x1f => "",
                 _ => continue,
             };
-            self.0.push_str(&s[start..i]);
+            self.0.write_str(&s[start..i])?;
             if replacement.is_empty() {
-                let _ = write!(self.0, "\\u{b:04x}");
+                write!(self.0, "\\u{b:04x}")?;
             } else {
-                self.0.push_str(replacement);
+                self.0.write_str(replacement)?;
             }
             start = i + 1;
         }
-        self.0.push_str(&s[start..]);
-        Ok(())
+        self.0.write_str(&s[start..])
     }
 }
 
@@ -276,6 +315,24 @@ mod tests {
         assert!(text.lines().next().unwrap().starts_with("{\"timestamp\""));
         assert_eq!(lines[1]["message"], "outside");
         assert_eq!(lines[1].get("span"), None);
+    }
+
+    /// The cached second and the microseconds: humantime's own format.
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        for _ in 0..3 {
+            let mut ours = String::new();
+            let before = std::time::SystemTime::now();
+            timestamp(&mut ours);
+            let after = std::time::SystemTime::now();
+            assert_eq!(ours.len(), "2026-12-02T13:21:02.123456Z".len(), "{ours}");
+            let parsed = humantime::parse_rfc3339(&ours).unwrap();
+            let floor = |t: std::time::SystemTime| {
+                let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.as_micros() as u64)
+            };
+            assert!(floor(before) <= parsed && parsed <= after, "{ours}");
+        }
     }
 
     /// Lines as tracing-subscriber's own JSON formatter writes them.

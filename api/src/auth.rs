@@ -4,6 +4,7 @@
 //! cache's TTL bounds a lost notice.
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock,
@@ -12,9 +13,8 @@ use std::{
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::header,
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use idemq_core::principal::{self, Principal, TokenHash, REVOKED_CHANNEL};
@@ -37,7 +37,8 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    fn get(&self, hash: &TokenHash) -> Option<Principal> {
+    /// The principal of a token looked up less than [`TOKEN_CACHE_TTL`] ago.
+    pub fn get(&self, hash: &TokenHash) -> Option<Principal> {
         let entries = self.entries.read().ok()?;
         let (p, at) = entries.get(hash)?;
         (at.elapsed() < TOKEN_CACHE_TTL).then(|| p.clone())
@@ -115,7 +116,8 @@ impl TokenCache {
     }
 }
 
-fn bearer(req: &Request) -> Option<&str> {
+/// The token of `Authorization: Bearer <token>` (the scheme in any case).
+pub fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -124,43 +126,35 @@ fn bearer(req: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Step 1 of the request path, a layer of every authenticated route: the
-/// bearer token's principal, or 401. A token not in the cache costs a
-/// database lookup, so such a request (and one without a token) is first
-/// charged to its client IP's budget (`rate_limit::charge_ip`): guessing
-/// tokens is limited, and a request that fails authentication is limited per
-/// IP. The principal goes to the next step (`rate_limit::per_principal`) in
-/// the request's extensions.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = bearer(&req).map(TokenHash::of);
-    let principal = match token {
-        Some(hash) => match state.tokens.get(&hash) {
-            Some(p) => Some(p),
-            None => {
-                if let Some(refused) = rate_limit::charge_ip(&state, &req).await {
-                    return refused;
-                }
-                let epoch = state.tokens.epoch();
-                match principal::authenticate(&state.pool, &hash).await {
-                    Ok(Some(p)) => {
-                        state.tokens.put(hash, p.clone(), epoch);
-                        Some(p)
-                    }
-                    Ok(None) => None,
-                    Err(e) => return ApiError::from(e).into_response(),
-                }
-            }
-        },
-        None => {
-            if let Some(refused) = rate_limit::charge_ip(&state, &req).await {
-                return refused;
-            }
-            None
+/// Step 1 for a request whose token the cache does not hold, or without a
+/// token: the bearer token's principal, or a ready 401. A token not in the
+/// cache costs a database lookup, so such a request (and one without a
+/// token) is first charged to its client IP's budget
+/// (`rate_limit::charge_ip`): guessing tokens is limited, and a request that
+/// fails authentication is limited per IP. (The cached case is
+/// `crate::guard`'s, without a future; the request is read before the
+/// future starts: it is not `Sync`, so the future must not hold it.)
+pub fn authenticate_uncached<'a>(
+    state: &'a AppState,
+    req: &Request,
+    token: Option<TokenHash>,
+) -> impl Future<Output = Result<Principal, Response>> + Send + 'a {
+    let charge = rate_limit::charge_ip(state, req);
+    async move {
+        if let Some(refused) = charge.await {
+            return Err(refused);
         }
-    };
-    let Some(principal) = principal else {
-        return ApiError::Unauthorized.into_response();
-    };
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+        let Some(hash) = token else {
+            return Err(ApiError::Unauthorized.into_response());
+        };
+        let epoch = state.tokens.epoch();
+        match principal::authenticate(&state.pool, &hash).await {
+            Ok(Some(p)) => {
+                state.tokens.put(hash, p.clone(), epoch);
+                Ok(p)
+            }
+            Ok(None) => Err(ApiError::Unauthorized.into_response()),
+            Err(e) => Err(ApiError::from(e).into_response()),
+        }
+    }
 }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod final_answers;
+pub mod guard;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
@@ -96,9 +97,12 @@ impl AppState {
 ///
 /// An authenticated request meets the steps of the request path (docs/request-path.md)
 /// in this order:
-/// 1. authenticate: `auth::authenticate` (layer; 401, and per client IP a
-///    429 before its database lookup of an unknown token);
-/// 2. rate limit: `rate_limit::per_principal` (layer; 429);
+/// 1. authenticate: `auth` (401, and per client IP a 429 before its
+///    database lookup of an unknown token);
+/// 2. rate limit: `rate_limit` (429);
+///
+///    both in one layer, `guard::Guard`, which answers a flood's 429s
+///    without a future;
 /// 3. key: the `extract::Key` extractor (400), in each mutating handler's
 ///    signature after the path's `extract::Id`;
 /// 4. body: the `extract::LimitedBody` extractor (413, 415), then
@@ -125,14 +129,9 @@ pub fn router_and_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(meter_readings::record))
         .routes(routes!(meter_readings::list))
         .routes(routes!(operations::get))
-        // The layer added last runs first.
-        // 2. Rate limit: the principal's budget of the route class.
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::per_principal,
-        ))
-        // 1. Authenticate: the bearer token's principal.
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        // 1. Authenticate: the bearer token's principal; then
+        // 2. rate limit: the principal's budget of the route class.
+        .route_layer(guard::GuardLayer(state.clone()));
     let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

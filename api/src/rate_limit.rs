@@ -10,15 +10,15 @@ use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    body::{Body, Bytes},
+    extract::{ConnectInfo, Request},
     http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
-    middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use governor::{
     clock::{Clock, DefaultClock},
@@ -26,13 +26,10 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
     Quota, RateLimiter,
 };
-use idemq_core::{
-    principal::Principal,
-    problem::{CONTENT_TYPE, TYPE_BASE},
-};
+use idemq_core::problem::{CONTENT_TYPE, TYPE_BASE};
 use uuid::Uuid;
 
-use crate::{config::RateSpec, error::ApiError, AppState};
+use crate::{config::RateSpec, AppState};
 
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -79,6 +76,65 @@ struct ClassLimiter {
     limiter: Keyed,
     /// `RateLimit-Policy`, the same for every answer of the class.
     policy: HeaderValue,
+    /// `idemq_rate_limited_total{class}`, looked up once.
+    rejected: metrics::Counter,
+    /// The last 429's varying parts: a flood's refusals share their
+    /// `Retry-After` for a second, so they are written once a second.
+    last_refusal: Mutex<Option<Refusal>>,
+}
+
+impl ClassLimiter {
+    fn new(class: Class, spec: RateSpec) -> Self {
+        let rejected = metrics::counter!("idemq_rate_limited_total", "class" => class.as_str());
+        rejected.absolute(0);
+        ClassLimiter {
+            spec,
+            limiter: RateLimiter::keyed(quota(&spec)).with_middleware(),
+            policy: policy(class, &spec),
+            rejected,
+            last_refusal: Mutex::default(),
+        }
+    }
+
+    /// The body, `Retry-After` and `RateLimit` of a 429 of this class.
+    fn refusal(&self, class: Class, retry_after: u64) -> Refusal {
+        let mut last = self.last_refusal.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some(r) if r.retry_after == retry_after => r.clone(),
+            _ => {
+                let r = Refusal::new(class, retry_after);
+                *last = Some(r.clone());
+                r
+            }
+        }
+    }
+}
+
+/// What a 429 says that depends on its delay (cheap to clone: shared bytes).
+#[derive(Clone)]
+struct Refusal {
+    retry_after: u64,
+    body: Bytes,
+    retry_after_header: HeaderValue,
+    ratelimit: HeaderValue,
+}
+
+impl Refusal {
+    fn new(class: Class, retry_after: u64) -> Self {
+        let name = class.as_str();
+        // The problem document written directly (fixed words and numbers
+        // only): this is the path a flood takes.
+        let body = format!(
+            "{{\"type\":\"{TYPE_BASE}rate-limited\",\"title\":\"Too many requests\",\"status\":429,\
+             \"detail\":\"The {name} budget is used up; retry in {retry_after} s.\"}}"
+        );
+        Refusal {
+            retry_after,
+            body: Bytes::from(body),
+            retry_after_header: HeaderValue::from(retry_after),
+            ratelimit: field(&format!("\"{name}\";r=0;t={retry_after}")),
+        }
+    }
 }
 
 /// The answer of a check: headers for a success, or a ready 429.
@@ -117,22 +173,11 @@ impl Limits {
     /// With a pool, principals' budgets hold for the fleet.
     pub fn new(sensitive: RateSpec, read: RateSpec, fleet_pool: Option<sqlx::PgPool>) -> Arc<Self> {
         let limits = Arc::new(Limits {
-            sensitive: ClassLimiter {
-                spec: sensitive,
-                limiter: RateLimiter::keyed(quota(&sensitive)).with_middleware(),
-                policy: policy(Class::Sensitive, &sensitive),
-            },
-            read: ClassLimiter {
-                spec: read,
-                limiter: RateLimiter::keyed(quota(&read)).with_middleware(),
-                policy: policy(Class::Read, &read),
-            },
+            sensitive: ClassLimiter::new(Class::Sensitive, sensitive),
+            read: ClassLimiter::new(Class::Read, read),
             clock: DefaultClock::default(),
             fleet: fleet_pool.map(fleet::Fleet::new),
         });
-        for class in [Class::Sensitive, Class::Read] {
-            metrics::counter!("idemq_rate_limited_total", "class" => class.as_str()).absolute(0);
-        }
         let weak = Arc::downgrade(&limits);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(SHRINK_EVERY);
@@ -162,24 +207,51 @@ impl Limits {
     /// Takes one request from `subject`'s budget of `class`.
     pub async fn check(&self, class: Class, subject: Subject, who: &str) -> Verdict {
         if let (Some(fleet), Subject::Principal(id)) = (&self.fleet, subject) {
-            let c = self.class(class);
-            match fleet.take(class, &c.spec, id).await {
-                fleet::Decision::Allowed { remaining, full_in } => {
-                    // Counted here too (see `fleet`); what it says is moot.
-                    let _ = c.limiter.check_key(&subject);
-                    return Verdict::Allowed(field(&format!(
-                        "\"{}\";r={remaining};t={}",
-                        class.as_str(),
-                        ceil_secs(full_in)
-                    )));
-                }
-                fleet::Decision::Limited { retry_in } => {
-                    return Verdict::Limited(self.limited(class, ceil_secs(retry_in).max(1), who))
-                }
-                fleet::Decision::Unavailable => {}
+            let decision = fleet.take(class, &self.class(class).spec, id).await;
+            if let Some(verdict) = self.fleet_verdict(class, subject, who, decision) {
+                return verdict;
             }
         }
         self.check_local(class, subject, who)
+    }
+
+    /// [`Limits::check`] when it needs neither Postgres nor a wait (the
+    /// process scope, a fleet slice in hand, the fleet's budget known to be
+    /// spent): the same verdict, without a future. `None`: call `check`
+    /// (nothing was taken).
+    pub fn check_now(&self, class: Class, subject: Subject, who: &str) -> Option<Verdict> {
+        if let (Some(fleet), Subject::Principal(id)) = (&self.fleet, subject) {
+            let decision = fleet.try_take(class, &self.class(class).spec, id)?;
+            return self.fleet_verdict(class, subject, who, decision);
+        }
+        Some(self.check_local(class, subject, who))
+    }
+
+    /// `None`: Postgres did not answer, the local count decides.
+    fn fleet_verdict(
+        &self,
+        class: Class,
+        subject: Subject,
+        who: &str,
+        decision: fleet::Decision,
+    ) -> Option<Verdict> {
+        match decision {
+            fleet::Decision::Allowed { remaining, full_in } => {
+                // Counted here too (see `fleet`); what it says is moot.
+                let _ = self.class(class).limiter.check_key(&subject);
+                Some(Verdict::Allowed(field(&format!(
+                    "\"{}\";r={remaining};t={}",
+                    class.as_str(),
+                    ceil_secs(full_in)
+                ))))
+            }
+            fleet::Decision::Limited { retry_in } => Some(Verdict::Limited(self.limited(
+                class,
+                ceil_secs(retry_in).max(1),
+                who,
+            ))),
+            fleet::Decision::Unavailable => None,
+        }
     }
 
     /// This process's own count (`process` scope, client IPs, fallback).
@@ -204,30 +276,22 @@ impl Limits {
     }
 
     fn limited(&self, class: Class, retry_after: u64, who: &str) -> Response {
-        let name = class.as_str();
-        metrics::counter!("idemq_rate_limited_total", "class" => name).increment(1);
+        let c = self.class(class);
+        c.rejected.increment(1);
         tracing::warn!(
-            class = name,
+            class = class.as_str(),
             subject = who,
             retry_after,
             "rate-limit: request rejected"
         );
-        // The problem document written directly (fixed words and numbers
-        // only): this is the path a flood takes.
-        let body = format!(
-            "{{\"type\":\"{TYPE_BASE}rate-limited\",\"title\":\"Too many requests\",\"status\":429,\
-             \"detail\":\"The {name} budget is used up; retry in {retry_after} s.\"}}"
-        );
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-            body,
-        )
-            .into_response();
+        let refusal = c.refusal(class, retry_after);
+        let mut response = Response::new(Body::from(refusal.body));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         let h = response.headers_mut();
-        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        h.insert(RATELIMIT_POLICY, self.class(class).policy.clone());
-        h.insert(RATELIMIT, field(&format!("\"{name}\";r=0;t={retry_after}")));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        h.insert(header::RETRY_AFTER, refusal.retry_after_header);
+        h.insert(RATELIMIT_POLICY, c.policy.clone());
+        h.insert(RATELIMIT, refusal.ratelimit);
         response
     }
 
@@ -255,42 +319,8 @@ fn field(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Step 2 of the request path, the layer after `auth::authenticate`: takes
-/// one request from the principal's budget of the route's class, or answers
-/// 429 — before any handler touches the database, and (tokens cached, the
-/// fleet's budget leased) without a database round trip. Adds `RateLimit`
-/// to the answer.
-pub async fn per_principal(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // A clone (an `Arc` and a UUID): no borrow of the request across the check.
-    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
-        // Only if this layer ran without `authenticate` before it: refuse.
-        return ApiError::Unauthorized.into_response();
-    };
-    let ratelimit = match state.limits.as_deref() {
-        Some(limits) => {
-            let subject = Subject::Principal(principal.id());
-            match limits
-                .check(Class::of(req.method()), subject, principal.name())
-                .await
-            {
-                // The `rate-limit` line names the principal itself: the
-                // refusal skips recording the span's field (a re-serialisation).
-                Verdict::Limited(refused) => return refused,
-                Verdict::Allowed(h) => Some(h),
-            }
-        }
-        None => None,
-    };
-    tracing::Span::current().record("principal", principal.name());
-    let mut response = next.run(req).await;
-    if let Some(h) = ratelimit {
-        response.headers_mut().insert(RATELIMIT, h);
-    }
-    response
-}
-
 /// Charges the client IP of a request whose token is not known good,
-/// before authentication looks it up (see `auth::authenticate`). Client
+/// before authentication looks it up (see `guard`). Client
 /// IPs are counted per process. `Some`: the 429 to answer.
 /// (The request is read before the future starts: it is not `Sync`, so the
 /// future must not hold it.)
@@ -374,6 +404,28 @@ mod tests {
             .detail(format!("The sensitive budget is used up; retry in {retry} s."))
             .to_json();
         assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
+        // Without a future (`guard`'s path): the same refusal, its parts
+        // shared with the last one of the same delay.
+        let Some(Verdict::Limited(again)) = limits.check_now(Class::Sensitive, who, "t") else {
+            panic!("check_now allowed the 12th")
+        };
+        let again_retry: u64 = again.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=retry).contains(&again_retry), "{again_retry}");
+        assert_eq!(
+            again.headers()["ratelimit"],
+            format!("\"sensitive\";r=0;t={again_retry}").as_str()
+        );
+        assert_eq!(again.headers()["ratelimit-policy"], "\"sensitive\";q=10;w=60");
+        assert_eq!(again.headers()["content-type"], "application/problem+json");
+        let body = axum::body::to_bytes(again.into_body(), 4096).await.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            idemq_core::problem::Problem::new("rate-limited", "Too many requests", 429)
+                .detail(format!(
+                    "The sensitive budget is used up; retry in {again_retry} s."
+                ))
+                .to_json()
+        );
         // Other subjects and the other class are untouched.
         assert!(matches!(
             limits

@@ -66,6 +66,44 @@ struct Slot {
     full_at: Option<Instant>,
 }
 
+impl Slot {
+    fn full_in(&self, now: Instant) -> Duration {
+        self.full_at
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or_default()
+    }
+
+    /// One request from the slice in hand, or a 429 while the fleet's budget
+    /// is spent; `None` (and nothing changed): a lease is needed.
+    fn spend_locally(&mut self, spec: &RateSpec, now: Instant) -> Option<Decision> {
+        if self.held > 0 && self.held_until.is_some_and(|until| now < until) {
+            self.held -= 1;
+            return Some(Decision::Allowed {
+                remaining: (self.held + self.fleet_left).min(spec.burst),
+                full_in: self.full_in(now),
+            });
+        }
+        let until = self.blocked_until.filter(|until| now < *until)?;
+        self.size_next_slice(spec);
+        Some(Decision::Limited {
+            retry_in: until - now,
+        })
+    }
+
+    /// The last slice ran out (ask for more) or expired (ask for what was used).
+    fn size_next_slice(&mut self, spec: &RateSpec) {
+        let max_slice = (spec.burst / SLICE_DIVISOR).max(1);
+        self.next_slice = if self.held == 0 {
+            self.leased.saturating_mul(2)
+        } else {
+            self.leased - self.held
+        }
+        .clamp(1, max_slice);
+        self.held = 0;
+        self.leased = 0;
+    }
+}
+
 type Slots = HashMap<(Uuid, Class), Arc<tokio::sync::Mutex<Slot>>>;
 
 pub struct Fleet {
@@ -88,6 +126,16 @@ impl Fleet {
         }
     }
 
+    /// Takes one request from `principal`'s fleet budget of `class`, if this
+    /// process can tell without Postgres and without waiting: from the slice
+    /// in hand, or a 429 while the fleet's budget is spent. `None`: ask
+    /// [`Fleet::take`] (nothing was taken or changed).
+    pub fn try_take(&self, class: Class, spec: &RateSpec, principal: Uuid) -> Option<Decision> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = slots.get(&(principal, class))?.try_lock().ok()?;
+        s.spend_locally(spec, Instant::now())
+    }
+
     /// Takes one request from `principal`'s fleet budget of `class`.
     pub async fn take(&self, class: Class, spec: &RateSpec, principal: Uuid) -> Decision {
         let slot = {
@@ -96,33 +144,10 @@ impl Fleet {
         };
         let mut s = slot.lock().await;
         let now = Instant::now();
-        let full_in = |s: &Slot, now: Instant| {
-            s.full_at
-                .map(|t| t.saturating_duration_since(now))
-                .unwrap_or_default()
-        };
-        if s.held > 0 && s.held_until.is_some_and(|until| now < until) {
-            s.held -= 1;
-            return Decision::Allowed {
-                remaining: (s.held + s.fleet_left).min(spec.burst),
-                full_in: full_in(&s, now),
-            };
+        if let Some(decision) = s.spend_locally(spec, now) {
+            return decision;
         }
-        // The last slice ran out (ask for more) or expired (ask for what was used).
-        let max_slice = (spec.burst / SLICE_DIVISOR).max(1);
-        s.next_slice = if s.held == 0 {
-            s.leased.saturating_mul(2)
-        } else {
-            s.leased - s.held
-        }
-        .clamp(1, max_slice);
-        s.held = 0;
-        s.leased = 0;
-        if let Some(until) = s.blocked_until.filter(|until| now < *until) {
-            return Decision::Limited {
-                retry_in: until - now,
-            };
-        }
+        s.size_next_slice(spec);
         if self.in_fallback(now) {
             return Decision::Unavailable;
         }
@@ -217,5 +242,41 @@ RETURNING granted, (extract(epoch FROM tat - now()) * 1000000)::bigint AS "ahead
                     s.held_until.is_some_and(|t| now < t) || s.blocked_until.is_some_and(|t| now < t)
                 })
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `try_take` decides without Postgres, and that it changes
+    /// nothing when it cannot decide (the lease then sizes the slice).
+    #[test]
+    fn a_slot_spends_its_slice_refuses_while_blocked_and_otherwise_leaves_it_to_the_lease() {
+        let spec = RateSpec::parse("100/min").unwrap();
+        let now = Instant::now();
+        let mut s = Slot {
+            held: 2,
+            leased: 3,
+            held_until: Some(now + Duration::from_secs(1)),
+            fleet_left: 50,
+            full_at: Some(now + Duration::from_secs(30)),
+            ..Slot::default()
+        };
+        let Some(Decision::Allowed { remaining, full_in }) = s.spend_locally(&spec, now) else {
+            panic!("the slice in hand was not spent")
+        };
+        assert_eq!((s.held, remaining, full_in), (1, 51, Duration::from_secs(30)));
+        // Expired: a lease is needed, and the slot is as it was.
+        let later = now + Duration::from_secs(2);
+        assert!(s.spend_locally(&spec, later).is_none());
+        assert_eq!((s.held, s.leased, s.next_slice), (1, 3, 0));
+        // The fleet's budget is spent: 429 until then, the next slice resized.
+        s.blocked_until = Some(later + Duration::from_secs(5));
+        let Some(Decision::Limited { retry_in }) = s.spend_locally(&spec, later) else {
+            panic!("not refused while blocked")
+        };
+        assert_eq!(retry_in, Duration::from_secs(5));
+        assert_eq!((s.held, s.leased, s.next_slice), (0, 0, 2));
     }
 }
