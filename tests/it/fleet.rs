@@ -389,15 +389,7 @@ async fn chaos_workers_killed_and_replaced_while_clients_pay_500_invoices() {
     let drain = Instant::now();
     eventually_within("every operation finished", Duration::from_secs(40), || {
         let pool = app.db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM operations WHERE status IN ('queued', 'running')",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == 0
-        }
+        async move { unfinished_operations(&pool).await == 0 }
     })
     .await;
     // Operations whose job died with its worker and was run again.
@@ -605,15 +597,7 @@ async fn postgres_restart_api_answers_503_workers_reconnect_nothing_accepted_is_
         Duration::from_secs(30),
         || {
             let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM operations WHERE status IN ('queued', 'running')",
-                )
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                    == 0
-            }
+            async move { unfinished_operations(&pool).await == 0 }
         },
     )
     .await;

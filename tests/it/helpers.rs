@@ -300,6 +300,14 @@ impl TestApp {
 }
 
 /// Waits until `check` holds, polling, or panics after `DEADLINE`.
+/// Operations not yet final (`queued` or `running`).
+pub async fn unfinished_operations(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM operations WHERE status IN ('queued', 'running')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,

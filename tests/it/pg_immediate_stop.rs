@@ -191,19 +191,8 @@ async fn postgres_immediate_stop_mid_payments_loses_nothing_accepted_and_pays_no
         accepted.extend(done.expect("a client failed"));
     }
     let pool = PgPool::connect(&url).await.unwrap();
-    let unfinished = || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM operations WHERE status IN ('queued', 'running')",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
     let back = Instant::now();
-    while unfinished().await > 0 {
+    while unfinished_operations(&pool).await > 0 {
         assert!(
             back.elapsed() < PATIENCE,
             "operations still unfinished after {PATIENCE:?}:\n{}",
