@@ -58,6 +58,23 @@ const OPEN_ATTEMPT: &str =
 SELECT start_attempt({op}, {worker});
 COMMIT; BEGIN; SET LOCAL statement_timeout = {limit_ms}";
 
+/// The opening of an attempt that the worker's fetch already counted
+/// ([`Start::Counted`]): only the job's transaction.
+const OPEN_COUNTED_ATTEMPT: &str = "BEGIN; SET LOCAL statement_timeout = {limit_ms}";
+
+/// Who counts the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The worker's fetch did (`fetch_jobs_starting_attempts`, migration
+    /// `20261202000040_fetch_starts_attempts.sql`), committed before the job
+    /// was handed out: the first attempt of a delivery, nearly always.
+    Counted,
+    /// The attempt's opening message does (`start_attempt`): a retry within
+    /// the same delivery, or a job whose operation the fetch did not count
+    /// (locked by an attempt in flight, final, or gone).
+    Here,
+}
+
 /// `s` as an SQL string literal: an escape string (`E'…'`, read the same
 /// whatever `standard_conforming_strings` says) with quotes and backslashes
 /// doubled. NUL, which no Postgres text holds, is dropped.
@@ -131,7 +148,8 @@ pub struct Locked<'c> {
 /// Opens an attempt on `conn` in one round trip ([`OPEN_ATTEMPT`]): its start
 /// committed on its own (asynchronously: a Postgres crash may lose the count,
 /// docs/job-path.md "Durability of each commit"; a worker's crash does not),
-/// then the job's transaction (each statement limited by the server to
+/// unless the fetch counted it already ([`Start::Counted`]), then the job's
+/// transaction (each statement limited by the server to
 /// `limit`, lock waits included, so that Postgres drops a hung attempt and
 /// its row locks too), which locks the operation row (step 1).
 pub async fn open_attempt<'c>(
@@ -139,9 +157,14 @@ pub async fn open_attempt<'c>(
     op: OperationId,
     worker: &str,
     limit: Duration,
+    start: Start,
 ) -> Result<Opened<'c>, Error> {
     let ms = limit.as_millis().clamp(1, i32::MAX as u128);
-    let opening = OPEN_ATTEMPT
+    let template = match start {
+        Start::Counted => OPEN_COUNTED_ATTEMPT,
+        Start::Here => OPEN_ATTEMPT,
+    };
+    let opening = template
         .replace("{limit_ms}", &ms.to_string())
         .replace("{op}", &format!("'{}'::uuid", op.uuid()))
         // Last: nothing in the name is read as a placeholder.

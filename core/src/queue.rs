@@ -24,6 +24,13 @@ pub const APALIS_MAX_ATTEMPTS: usize = 25;
 #[serde(rename_all = "camelCase")]
 pub struct JobPayload {
     pub operation_id: Uuid,
+    /// Never stored: the attempt the worker's fetch counted for this
+    /// delivery (`fetch_jobs_starting_attempts`, docs/job-path.md "Waking
+    /// and fetching"), so that its first attempt does not start itself.
+    /// `None`: the fetch counted nothing (the operation was final, gone, or
+    /// locked by an attempt in flight): the attempt starts itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_attempt: Option<i32>,
 }
 
 impl JobPayload {
@@ -36,6 +43,7 @@ impl JobPayload {
 pub fn job_args(op: OperationId) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(&JobPayload {
         operation_id: op.uuid(),
+        started_attempt: None,
     })
     .map_err(|e| Error::Corrupt(e.to_string()))
 }

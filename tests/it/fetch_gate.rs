@@ -216,6 +216,17 @@ async fn jobs_fetched_but_not_handed_out_go_back_at_shutdown() {
             == 1
     })
     .await;
+    // The fetch counted all five attempts, the four waiting included.
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE status = 'running' AND attempts = 1")
+            .await,
+        5
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM operation_attempts WHERE ended_at IS NULL")
+            .await,
+        5
+    );
     app.stop_workers().await;
 
     assert_eq!(
@@ -232,9 +243,230 @@ async fn jobs_fetched_but_not_handed_out_go_back_at_shutdown() {
         .await;
     assert!(done >= 1, "the running job finished");
     assert_eq!(pending + done, 5, "the others are back in the queue");
-    // Another worker takes them at once.
+    // Those never ran: their counts and attempt rows are given back.
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE status = 'queued' AND attempts = 0")
+            .await,
+        pending
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM operation_attempts").await,
+        done,
+        "a row for each attempt that ran, none for those given back"
+    );
+    // Another worker takes them at once, each as its attempt 1.
     app.start_worker().await;
     for op in &ops {
         assert_eq!(app.await_final(op).await["status"], "succeeded");
     }
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM operations o WHERE o.attempts = 1
+             AND (SELECT count(*) FROM operation_attempts a
+                  WHERE a.operation_id = o.id AND a.attempt = 1 AND a.outcome = 'succeeded') = 1"
+        )
+        .await,
+        5
+    );
+}
+
+/// Wraps `start_attempt` so that every call of it is a row of
+/// `test_starts`. Before any worker connects.
+async fn count_starts(app: &TestApp) {
+    sqlx::raw_sql(
+        "CREATE TABLE test_starts (operation uuid NOT NULL);
+         ALTER FUNCTION start_attempt(uuid, text) RENAME TO start_attempt_uncounted;
+         CREATE FUNCTION start_attempt(p_operation uuid, p_worker text)
+         RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN
+             INSERT INTO public.test_starts VALUES (p_operation);
+             PERFORM start_attempt_uncounted(p_operation, p_worker);
+         END $$;",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+/// The fetch counts the attempt of each job it takes, in its own
+/// statement: a first attempt starts no transaction of its own.
+#[tokio::test]
+async fn the_fetch_counts_each_first_attempt_and_no_attempt_starts_itself() {
+    let mut app = spawn_app().await;
+    count_starts(&app).await;
+    for i in 0..12 {
+        app.insert_invoice(&format!("inv-{i}")).await;
+    }
+    // Two taken before the worker starts (its first fetch), then one at a
+    // time, then a burst.
+    let mut ops = Vec::new();
+    for i in 0..2 {
+        let r = app.mark_paid(&format!("inv-{i}"), &format!("key-{i}")).await;
+        ops.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.start_worker_with(no_timer()).await;
+    for i in 2..6 {
+        assert_eq!(paid(&app, &format!("inv-{i}")).await["status"], "succeeded");
+    }
+    for i in 6..12 {
+        let r = app.mark_paid(&format!("inv-{i}"), &format!("key-{i}")).await;
+        ops.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for op in &ops {
+        assert_eq!(app.await_final(op).await["status"], "succeeded");
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM test_starts").await,
+        0,
+        "no attempt started itself"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE status = 'succeeded' AND attempts = 1")
+            .await,
+        12
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM operation_attempts
+             WHERE attempt = 1 AND outcome = 'succeeded' AND worker IS NOT NULL AND ended_at IS NOT NULL"
+        )
+        .await,
+        12,
+        "each attempt has its row, closed by its finish"
+    );
+}
+
+/// What the fetch counts, and what it leaves to the attempt itself: the
+/// function on its own, no worker.
+#[tokio::test]
+async fn the_fetch_skips_final_locked_and_foreign_jobs_and_counts_the_rest() {
+    let app = spawn_app().await;
+    for invoice in ["inv-free", "inv-locked", "inv-final", "inv-again"] {
+        app.insert_invoice(invoice).await;
+    }
+    let free = op_uuid(
+        app.mark_paid("inv-free", "k-free")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap(),
+    );
+    let locked = op_uuid(
+        app.mark_paid("inv-locked", "k-locked")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap(),
+    );
+    let fin = op_uuid(
+        app.mark_paid("inv-final", "k-final")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap(),
+    );
+    let again = op_uuid(
+        app.mark_paid("inv-again", "k-again")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap(),
+    );
+    let pool = &app.db.pool;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE operations SET status = 'succeeded', finished_at = now(), response_status = 200 WHERE id = '{fin}';
+         -- attempt 2 of an operation whose attempt 1 died with its worker
+         UPDATE operations SET status = 'running', attempts = 1 WHERE id = '{again}';
+         INSERT INTO operation_attempts (operation_id, attempt, worker) VALUES ('{again}', 1, 'dead');
+         INSERT INTO apalis.workers (id, worker_type, storage_name) VALUES ('w', 'payments', 'test');
+         INSERT INTO apalis.jobs (job, id, job_type, run_at)
+             VALUES ('\\xff00', '{}', 'payments', now() - interval '1 s');",
+        idemq_core::queue::new_job_id()
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    // An attempt in flight elsewhere holds this one's row.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM operations WHERE id = $1 FOR UPDATE")
+        .bind(locked)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let fetched: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT id, job FROM fetch_jobs_starting_attempts('w', 'payments', 10, 'proc')")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    holder.rollback().await.unwrap();
+    assert_eq!(fetched.len(), 5, "every job is handed out");
+    let payloads: Vec<Value> = fetched
+        .iter()
+        .filter_map(|(_, job)| serde_json::from_slice(job).ok())
+        .collect();
+    assert_eq!(
+        payloads.len(),
+        4,
+        "the foreign payload comes back as stored: {fetched:?}"
+    );
+    let started = |op: uuid::Uuid| {
+        payloads
+            .iter()
+            .find(|p| p["operationId"] == op.to_string())
+            .map(|p| p["startedAttempt"].clone())
+            .unwrap()
+    };
+    assert_eq!(started(free), json!(1));
+    assert_eq!(started(again), json!(2));
+    assert_eq!(
+        started(locked),
+        Value::Null,
+        "locked by an attempt in flight: not counted"
+    );
+    assert_eq!(started(fin), Value::Null, "final: not counted");
+    let state = |op: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32)>("SELECT status, attempts FROM operations WHERE id = $1")
+                .bind(op)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(state(free).await, ("running".into(), 1));
+    assert_eq!(state(again).await, ("running".into(), 2));
+    assert_eq!(state(locked).await, ("queued".into(), 0));
+    assert_eq!(state(fin).await, ("succeeded".into(), 0));
+    let rows: Vec<(uuid::Uuid, i32, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT operation_id, attempt, worker, outcome FROM operation_attempts ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.contains(&(again, 1, Some("dead".into()), Some("abandoned".into()))),
+        "{rows:?}"
+    );
+    assert!(rows.contains(&(again, 2, Some("proc".into()), None)), "{rows:?}");
+    assert!(rows.contains(&(free, 1, Some("proc".into()), None)), "{rows:?}");
 }

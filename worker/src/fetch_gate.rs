@@ -9,28 +9,39 @@
 //! apalis-core, so the gate never lets it fetch: it never calls the
 //! storage's `poll_next`. The storage still registers the worker, beats its
 //! heart, sweeps orphans and acknowledges jobs (its `poll_ready`, driven by
-//! apalis as before), and the jobs are apalis's rows, fetched by apalis's
-//! own statement (`apalis_postgres::queries::fetch_next`, our
-//! `apalis.get_jobs`): the board, the orphan sweep and the reconciler see
-//! what they saw before.
+//! apalis as before), and the jobs are apalis's rows, taken by apalis's own
+//! `apalis.get_jobs`: the board, the orphan sweep and the reconciler see
+//! what they saw before. The statement that calls it,
+//! `fetch_jobs_starting_attempts`, also counts the attempt of each job's
+//! operation (docs/job-path.md "The job transaction"): one statement a
+//! batch, where each job used to start its attempt in a transaction of its
+//! own.
 //!
 //! The fetch is one statement on its own (no `BEGIN`/`COMMIT` around it:
 //! it is atomic by itself), on the queue pool (asynchronous commit). At most
 //! one fetch is in flight per queue loop; the jobs it returns are handed out
 //! one per free slot. At shutdown, jobs fetched but not handed out are put
-//! back (`reenqueue_abandoned`), also those of a fetch still in flight.
+//! back (`reenqueue_abandoned`), also those of a fetch still in flight, and
+//! the attempts their fetch counted are given back.
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    str::FromStr,
     task::{Context, Poll},
 };
 
 use apalis_core::{
     backend::{Backend, BackendConfig, WireFormatBackend},
     delegate_codec, delegate_config,
+    task::{
+        builder::TaskBuilder, metadata::MetadataStore, status::Status, task_id::TaskId, task_id::TaskIdError,
+    },
     worker::context::WorkerContext,
 };
 use apalis_postgres::{PgTask, PostgresStorage};
 use futures::{future::BoxFuture, FutureExt, Stream};
+use idemq_core::queue::JobPayload;
+use sqlx::{postgres::types::PgHstore, PgConnection};
+use ulid::Ulid;
 
 use crate::wake_strategy::FetchReasons;
 
@@ -45,10 +56,12 @@ pub struct FetchGate<B, S> {
     buffer: VecDeque<PgTask>,
     /// A fetch failed: the loop ends (as with apalis's own fetch).
     dead: bool,
+    /// The name the attempts' rows carry (`JobRunner::attempt_name`).
+    process: String,
 }
 
 impl<B, S: Stream + Unpin> FetchGate<B, S> {
-    pub fn new(backend: B, reasons: FetchReasons<S>) -> Self {
+    pub fn new(backend: B, reasons: FetchReasons<S>, process: String) -> Self {
         FetchGate {
             backend,
             reasons,
@@ -56,6 +69,7 @@ impl<B, S: Stream + Unpin> FetchGate<B, S> {
             put_back: None,
             buffer: VecDeque::new(),
             dead: false,
+            process,
         }
     }
 }
@@ -65,11 +79,12 @@ impl<Args, S: Stream + Unpin> FetchGate<PostgresStorage<Args>, S> {
         let pool = self.backend.pool().clone();
         let config = self.backend.config().clone();
         let worker = worker.clone();
+        let process = self.process.clone();
         self.reasons.fetch_started();
         self.fetch = Some(
             async move {
                 let mut conn = pool.acquire().await?;
-                apalis_postgres::queries::fetch_next(&mut *conn, &config, &worker).await
+                fetch_starting_attempts(&mut conn, &config, worker.name(), &process).await
             }
             .boxed(),
         );
@@ -158,23 +173,125 @@ impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
             if self.buffer.is_empty() {
                 return self.backend.poll_close(cx, worker);
             }
-            let ids = self
-                .buffer
-                .drain(..)
+            let tasks = self.buffer.drain(..).collect::<Vec<_>>();
+            let ids = tasks
+                .iter()
                 .filter_map(|t| t.task_id().map(ToString::to_string))
                 .collect::<Vec<_>>();
+            let counted = counted_attempts(&tasks);
             let pool = self.backend.pool().clone();
             let queue = self.backend.config().queue.to_string();
             let worker = worker.name().to_owned();
+            let process = self.process.clone();
             self.put_back = Some(
                 async move {
                     let mut conn = pool.acquire().await?;
+                    give_back_attempts(&mut conn, &counted, &process).await?;
                     apalis_postgres::queries::reenqueue_abandoned(&mut *conn, &queue, &worker, &ids).await
                 }
                 .boxed(),
             );
         }
     }
+}
+
+/// One fetch: `fetch_jobs_starting_attempts` (migration
+/// `20261202000040_fetch_starts_attempts.sql`), which takes up to a batch of
+/// jobs with apalis's own `apalis.get_jobs` and, in the same statement,
+/// counts the attempt of each job's operation (what `start_attempt` does per
+/// attempt otherwise). A job so counted carries the attempt in its payload
+/// (`JobPayload::started_attempt`). The rows become tasks as apalis's own
+/// fetch makes them (`apalis_postgres::from_row`, private to it).
+async fn fetch_starting_attempts(
+    conn: &mut PgConnection,
+    config: &apalis_postgres::Config,
+    worker: &str,
+    process: &str,
+) -> Result<Vec<PgTask>, apalis_postgres::Error> {
+    let queue: &str = config.queue.as_ref();
+    let batch = i32::try_from(config.batch_size).unwrap_or(i32::MAX);
+    let rows = sqlx::query!(
+        r#"SELECT job AS "job!", id AS "id!", job_type AS "job_type!", status AS "status!",
+                  attempts AS "attempts!", max_attempts AS "max_attempts!", run_at AS "run_at!",
+                  lock_at, lock_by, done_at, priority, idempotency_key,
+                  metadata AS "metadata: PgHstore"
+           FROM fetch_jobs_starting_attempts($1, $2, $3, $4)"#,
+        worker,
+        queue,
+        batch,
+        process,
+    )
+    .fetch_all(conn)
+    .await?;
+    let seconds = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp()).unwrap_or(0);
+    rows.into_iter()
+        .map(|r| {
+            let id = Ulid::from_string(&r.id)
+                .map_err(|e| apalis_postgres::Error::TaskIdError(TaskIdError::Decode(e.to_string())))?;
+            let status = Status::from_str(&r.status).map_err(apalis_postgres::Error::StatusError)?;
+            let metadata = r
+                .metadata
+                .map(|m| {
+                    m.into_iter()
+                        .filter_map(|(k, v)| Some((k, v?)))
+                        .collect::<HashMap<_, _>>()
+                })
+                .map(MetadataStore::from_map)
+                .unwrap_or_default();
+            let mut task = TaskBuilder::new(r.job)
+                .task_id(TaskId::from_ulid(id))
+                .queue(r.job_type.into())
+                .status(status)
+                .attempt(usize::try_from(r.attempts).unwrap_or(0))
+                .max_attempts(usize::try_from(r.max_attempts).unwrap_or(0))
+                .run_at_timestamp(seconds(r.run_at))
+                .lock_at(r.lock_at.map(seconds))
+                .done_at(r.done_at.map(seconds))
+                .lock_by(r.lock_by)
+                .priority(
+                    r.priority
+                        .and_then(|p| usize::try_from(p).ok())
+                        .unwrap_or_default(),
+                )
+                .with_metadata(metadata);
+            if let Some(key) = r.idempotency_key {
+                task = task.idempotency_key(key);
+            }
+            Ok(task.build())
+        })
+        .collect()
+}
+
+/// The attempts the fetch counted for `tasks` (operation, attempt number).
+fn counted_attempts(tasks: &[PgTask]) -> Vec<(uuid::Uuid, i32)> {
+    tasks
+        .iter()
+        .filter_map(|t| serde_json::from_slice::<JobPayload>(&t.args).ok())
+        .filter_map(|p| Some((p.operation_id, p.started_attempt?)))
+        .collect()
+}
+
+/// Jobs fetched but never run go back at a graceful stop: the attempts their
+/// fetch counted did not happen, and are taken back (`give_back_attempts`,
+/// same migration) before the jobs are put back.
+async fn give_back_attempts(
+    conn: &mut PgConnection,
+    counted: &[(uuid::Uuid, i32)],
+    process: &str,
+) -> Result<(), apalis_postgres::Error> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let (operations, attempts): (Vec<_>, Vec<_>) = counted.iter().copied().unzip();
+    sqlx::query!(
+        "SELECT give_back_attempts($1, $2, $3)",
+        &operations,
+        &attempts,
+        process
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(())
 }
 
 delegate_config!(FetchGate<B, S>, backend);

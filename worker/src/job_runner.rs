@@ -17,7 +17,7 @@ use std::{
 
 use apalis::prelude::{BoxDynError, Data};
 use idemq_core::{
-    job::{self, AttemptResult, Opened},
+    job::{self, AttemptResult, Opened, Start},
     notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
@@ -71,7 +71,12 @@ pub enum JobError {
 pub async fn handle_job(job: JobPayload, runner: Data<Arc<JobRunner>>) -> Result<(), BoxDynError> {
     let op = job.operation_id();
     let span = tracing::info_span!("job", operation = %op);
-    runner.run(op).instrument(span).await.map_err(|e| {
+    // The fetch counted this delivery's first attempt, or it did not.
+    let start = match job.started_attempt {
+        Some(_) => Start::Counted,
+        None => Start::Here,
+    };
+    runner.run(op, start).instrument(span).await.map_err(|e| {
         tracing::warn!(error = %e, "job handed back to the queue");
         Box::new(e) as BoxDynError
     })
@@ -111,6 +116,11 @@ impl JobRunner {
         &self.queue_pool
     }
 
+    /// The name the attempts' rows carry, also those its fetches count.
+    pub fn attempt_name(&self) -> &str {
+        &self.worker
+    }
+
     /// Names the attempts' rows after this process's queue loops.
     pub fn named(mut self, worker: String) -> Self {
         self.worker = worker;
@@ -138,7 +148,9 @@ impl JobRunner {
         }
     }
 
-    pub async fn run(&self, op: OperationId) -> Result<(), JobError> {
+    /// Runs the job's attempts. `start`: whether the fetch counted the first
+    /// one; every later attempt counts itself.
+    pub async fn run(&self, op: OperationId, mut start: Start) -> Result<(), JobError> {
         let started = std::time::Instant::now();
         let mut unstarted = 0u32;
         loop {
@@ -147,7 +159,7 @@ impl JobRunner {
                 kind = tracing::field::Empty,
                 attempt = tracing::field::Empty
             );
-            let (attempt, result) = self.attempt_once(op).instrument(span).await;
+            let (attempt, result) = self.attempt_once(op, start).instrument(span).await;
             let Some(attempt) = attempt else {
                 match result {
                     // The start changed nothing: final already, or gone.
@@ -172,6 +184,8 @@ impl JobRunner {
                     }
                 }
             };
+            // This attempt opened, counted: a next one counts itself.
+            start = Start::Here;
             let (number, kind) = (attempt.number(), attempt.kind.as_str());
             match result {
                 Ok(AttemptResult::Exhausted) => {
@@ -228,7 +242,11 @@ impl JobRunner {
     /// as started comes back beside the result whatever happened after its
     /// start (an error, a panic, the time limit); `None`: not started, or
     /// the start changed nothing (the operation final or gone).
-    async fn attempt_once(&self, op: OperationId) -> (Option<Started>, Result<AttemptResult, AttemptError>) {
+    async fn attempt_once(
+        &self,
+        op: OperationId,
+        start: Start,
+    ) -> (Option<Started>, Result<AttemptResult, AttemptError>) {
         let (pool, notifier, worker) = (self.pool.clone(), self.notifier.clone(), self.worker.clone());
         let (ttl, limit, faults, max_attempts) =
             (self.ttl, self.timeout, self.faults.clone(), self.max_attempts);
@@ -237,7 +255,7 @@ impl JobRunner {
         let task = tokio::spawn(
             async move {
                 let mut conn = job::JobConnection::acquire(&pool).await?;
-                let attempt = match job::open_attempt(&mut conn, op, &worker, limit).await? {
+                let attempt = match job::open_attempt(&mut conn, op, &worker, limit, start).await? {
                     Opened::Locked(attempt) => attempt,
                     Opened::AlreadyFinished => return Ok(AttemptResult::AlreadyFinished),
                     Opened::Missing => return Ok(AttemptResult::Missing),

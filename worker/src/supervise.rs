@@ -89,6 +89,7 @@ pub async fn queue_loop(
         let backend = FetchGate::new(
             storage,
             FetchReasons::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
+            runner.attempt_name().to_owned(),
         );
         let worker = WorkerBuilder::new(name.clone())
             .backend(backend)
