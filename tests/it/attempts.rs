@@ -86,7 +86,7 @@ async fn an_attempt_started_past_the_bound_runs_nothing_and_stores_the_exhausted
         .await
         .unwrap());
 
-    runner(&app, 3, 2, "it-worker").await.run(op).await.unwrap();
+    runner(&app, 3, 2, "it-worker").await.run(op, None).await.unwrap();
 
     let (status, attempts, code, content_type, body) = stored(pool, op).await;
     // The fourth start counted itself, found the bound and ran nothing.
@@ -126,7 +126,7 @@ async fn the_worker_name_is_written_as_given_whatever_it_holds() {
     let op = recorded(&app, "inv-name", "k-name").await;
     let name = r#"it's a \ "name"'); DELETE FROM invoices; --"#;
 
-    runner(&app, 3, 2, name).await.run(op).await.unwrap();
+    runner(&app, 3, 2, name).await.run(op, None).await.unwrap();
 
     assert_eq!(stored(pool, op).await.0, "succeeded");
     assert_eq!(
@@ -139,7 +139,7 @@ async fn the_worker_name_is_written_as_given_whatever_it_holds() {
         1
     );
     // A redelivery: the start changes nothing, no attempt row is opened.
-    runner(&app, 3, 2, "again").await.run(op).await.unwrap();
+    runner(&app, 3, 2, "again").await.run(op, None).await.unwrap();
     assert_eq!(stored(pool, op).await.1, 1);
     assert_eq!(attempt_rows(pool, op).await.len(), 1);
 }
@@ -168,7 +168,7 @@ async fn a_failed_opening_message_leaves_no_broken_connection_behind() {
 
     // One connection: the next opening gets a fresh one only if the broken
     // one was closed, not handed back to the pool.
-    runner(&app, 3, 1, "it-worker").await.run(op).await.unwrap();
+    runner(&app, 3, 1, "it-worker").await.run(op, None).await.unwrap();
 
     assert_eq!(app.count("SELECT last_value FROM opening_faults").await, 2);
     let (status, attempts, ..) = stored(pool, op).await;
