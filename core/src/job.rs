@@ -19,13 +19,39 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
     /// The effect (or a refusal) was applied and the response stored.
-    Finished(OperationStatus),
+    Finished(OperationStatus, Ack),
     /// The operation was already final: a redelivery. Nothing changed.
     AlreadyFinished,
     /// No such operation (deleted, or a job pushed by hand). Nothing to do.
     Missing,
     /// This attempt is past the bound: the operation was finished `failed`.
-    Exhausted,
+    Exhausted(Ack),
+}
+
+/// Who acknowledges the queue job that delivered an attempt
+/// (docs/job-path.md, "The job transaction").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// The job's own transaction marked it `Done`, with the effect: the
+    /// queue must not acknowledge it again.
+    Committed,
+    /// Nothing marked it: the queue acknowledges it as usual.
+    ByQueue,
+}
+
+/// The apalis job that delivered an attempt, as apalis's acknowledgement
+/// would write it: the job transaction that settles the operation marks
+/// this row `Done` (`finish`), so that apalis does not have to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueJob {
+    /// `apalis.jobs.id` of the delivered job (not necessarily
+    /// `operations.job_id`: the reconciler may have enqueued a newer one).
+    pub id: String,
+    /// The apalis worker that holds it (`apalis.jobs.lock_by`): a job taken
+    /// over by another worker after a lease expiry is not marked.
+    pub worker: String,
+    /// apalis's attempt count for the delivery (`apalis.jobs.attempts`).
+    pub attempt: i32,
 }
 
 /// The attempt's opening message, sent as the job transaction's `BEGIN`
@@ -207,16 +233,21 @@ impl Locked<'_> {
     }
 
     /// Runs the attempt: the business operation under its row lock (steps
-    /// 2–3), the final response (step 4), the commit (step 5). Any `Err` has
-    /// rolled back. If a request waits for the operation, `notifier`
-    /// announces it after the commit.
-    pub async fn run(mut self, ttl: Duration, notifier: &Notifier) -> Result<AttemptResult, Error> {
+    /// 2–3), the final response and the delivering `job` marked `Done` (step
+    /// 4), the commit (step 5). Any `Err` has rolled back. If a request
+    /// waits for the operation, `notifier` announces it after the commit.
+    pub async fn run(
+        mut self,
+        ttl: Duration,
+        notifier: &Notifier,
+        job: Option<&QueueJob>,
+    ) -> Result<AttemptResult, Error> {
         let actor = Actor {
             operation: self.op,
             principal: self.principal,
         };
         let outcome = execute(&mut self.tx, actor, self.kind, &self.request).await?;
-        let finished = finish(&mut self.tx, self.op, &outcome, ttl, None).await?;
+        let finished = finish(&mut self.tx, self.op, &outcome, ttl, None, job).await?;
         self.tx.commit().await?;
         if let Some(audit) = &outcome.audit {
             audit.log();
@@ -224,18 +255,20 @@ impl Locked<'_> {
         if finished.waited_for {
             notifier.operation_finished(self.op);
         }
-        Ok(AttemptResult::Finished(finished.status))
+        Ok(AttemptResult::Finished(finished.status, finished.ack))
     }
 
     /// Does not run the attempt (it is past the bound: earlier ones killed
     /// their workers): finishes the operation `failed` with the stored 500 of
-    /// [`finish_exhausted`], in this same transaction, under the lock it
-    /// already holds. `attempts`: how many ran.
+    /// [`finish_exhausted`], and marks the delivering `job` `Done`, in this
+    /// same transaction, under the lock it already holds. `attempts`: how
+    /// many ran.
     pub async fn give_up(
         mut self,
         attempts: i32,
         ttl: Duration,
         notifier: &Notifier,
+        job: Option<&QueueJob>,
     ) -> Result<AttemptResult, Error> {
         let finished = finish(
             &mut self.tx,
@@ -243,13 +276,14 @@ impl Locked<'_> {
             &exhausted(attempts),
             ttl,
             Some("exhausted"),
+            job,
         )
         .await?;
         self.tx.commit().await?;
         if finished.waited_for {
             notifier.operation_finished(self.op);
         }
-        Ok(AttemptResult::Exhausted)
+        Ok(AttemptResult::Exhausted(finished.ack))
     }
 }
 
@@ -296,7 +330,7 @@ pub async fn finish_exhausted(
     {
         return Ok(false);
     }
-    finish(&mut tx, op, &exhausted(attempts), ttl, Some("exhausted"))
+    finish(&mut tx, op, &exhausted(attempts), ttl, Some("exhausted"), None)
         .await?
         .announce_at_commit(&mut tx)
         .await?;
@@ -355,6 +389,8 @@ pub(crate) struct Finished {
     /// A request waits for this operation (`Prefer: wait` flagged it under
     /// the row lock): it must be told, after the commit.
     pub waited_for: bool,
+    /// Whether the delivering job was marked `Done` here.
+    pub ack: Ack,
 }
 
 impl Finished {
@@ -375,13 +411,18 @@ impl Finished {
     }
 }
 
-/// Step 4: the final response, the status and the expiry.
+/// Step 4: the final response, the status and the expiry; and, given the
+/// `job` that delivered the attempt, that job marked `Done` as apalis's
+/// acknowledgement would (its status, `done_at`, `last_result`, `attempts`)
+/// if this worker still holds it (`lock_by`): same statement, same
+/// transaction as the effect, so apalis sends no acknowledgement for it.
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     op: OperationId,
     outcome: &Outcome,
     ttl: Duration,
     attempt_outcome: Option<&str>,
+    job: Option<&QueueJob>,
 ) -> Result<Finished, Error> {
     let status = if outcome.succeeded {
         OperationStatus::Succeeded
@@ -393,20 +434,28 @@ pub(crate) async fn finish(
     // The attempt's outcome: `succeeded`/`refused` for the job's own finish,
     // else the caller's word (`exhausted`, `cancelled`).
     let attempt_outcome = attempt_outcome.unwrap_or(if outcome.succeeded { "succeeded" } else { "refused" });
-    // The audit entry (step 3) and the attempt's end ride with the response
-    // (step 4): one statement, the same transaction.
-    let waited_for = sqlx::query_scalar!(
-        "WITH audit AS (
+    // The audit entry (step 3), the attempt's end and the job's completion
+    // ride with the response (step 4): one statement, the same transaction.
+    // Without a job (`$13` null) the job's update matches no row. Its
+    // `last_result` is what apalis stores for a handler's `Ok(())` (its JSON
+    // codec's `null` in serde's `Result`).
+    let row = sqlx::query!(
+        r#"WITH audit AS (
             INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
             SELECT $1, $7, $8, $9, $10, $11 WHERE $8::text IS NOT NULL
          ), attempt AS (
             UPDATE operation_attempts SET ended_at = now(), outcome = $12
             WHERE operation_id = $1 AND ended_at IS NULL
+         ), job AS (
+            UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = $15,
+                   last_result = '{"Ok": null}'::jsonb
+            WHERE id = $13::text AND lock_by = $14::text AND status IN ('Queued', 'Running')
+            RETURNING 1
          )
          UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
                 response_body = $5, finished_at = now(),
                 expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
-         WHERE id = $1 RETURNING notify_on_finish",
+         WHERE id = $1 RETURNING notify_on_finish, EXISTS (SELECT FROM job) AS "job_done!""#,
         op.uuid(),
         status.as_str(),
         outcome.status as i16,
@@ -419,13 +468,18 @@ pub(crate) async fn finish(
         audit.map(|a| a.entity_id.as_str()),
         audit.map(|a| &a.details),
         attempt_outcome,
+        job.map(|j| j.id.as_str()),
+        job.map(|j| j.worker.as_str()),
+        job.map(|j| j.attempt),
     )
     .fetch_optional(conn)
     .await?;
+    let (waited_for, job_done) = row.map_or((false, false), |r| (r.notify_on_finish, r.job_done));
     Ok(Finished {
         op,
         status,
-        waited_for: waited_for.unwrap_or(false),
+        waited_for,
+        ack: if job_done { Ack::Committed } else { Ack::ByQueue },
     })
 }
 

@@ -331,7 +331,7 @@ pub async fn cancel(
         Problem::new("operation-cancelled", "The operation was cancelled", 409)
             .detail("An operator cancelled this operation before it ran. Nothing was changed."),
     );
-    crate::job::finish(&mut tx, id, &outcome, ttl, Some("cancelled"))
+    crate::job::finish(&mut tx, id, &outcome, ttl, Some("cancelled"), None)
         .await?
         .announce_at_commit(&mut tx)
         .await?;

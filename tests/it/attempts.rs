@@ -88,7 +88,7 @@ async fn an_attempt_started_past_the_bound_runs_nothing_and_stores_the_exhausted
 
     runner(&app, 3, 2, "it-worker")
         .await
-        .run(op, Start::Here)
+        .run(op, Start::Here, None)
         .await
         .unwrap();
 
@@ -130,7 +130,11 @@ async fn the_worker_name_is_written_as_given_whatever_it_holds() {
     let op = recorded(&app, "inv-name", "k-name").await;
     let name = r#"it's a \ "name"'); DELETE FROM invoices; --"#;
 
-    runner(&app, 3, 2, name).await.run(op, Start::Here).await.unwrap();
+    runner(&app, 3, 2, name)
+        .await
+        .run(op, Start::Here, None)
+        .await
+        .unwrap();
 
     assert_eq!(stored(pool, op).await.0, "succeeded");
     assert_eq!(
@@ -145,7 +149,7 @@ async fn the_worker_name_is_written_as_given_whatever_it_holds() {
     // A redelivery: the start changes nothing, no attempt row is opened.
     runner(&app, 3, 2, "again")
         .await
-        .run(op, Start::Here)
+        .run(op, Start::Here, None)
         .await
         .unwrap();
     assert_eq!(stored(pool, op).await.1, 1);
@@ -178,7 +182,7 @@ async fn a_failed_opening_message_leaves_no_broken_connection_behind() {
     // one was closed, not handed back to the pool.
     runner(&app, 3, 1, "it-worker")
         .await
-        .run(op, Start::Here)
+        .run(op, Start::Here, None)
         .await
         .unwrap();
 

@@ -18,6 +18,7 @@ mod final_answers;
 mod fleet;
 mod fleet_limits;
 mod idempotency_contract;
+mod job_ack;
 mod maintenance;
 mod meter_readings;
 mod observability;

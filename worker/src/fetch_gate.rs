@@ -8,14 +8,18 @@
 //! came back empty (README "Performance"). Its state is private to
 //! apalis-core, so the gate never lets it fetch: it never calls the
 //! storage's `poll_next`. The storage still registers the worker, beats its
-//! heart, sweeps orphans and acknowledges jobs (its `poll_ready`, driven by
-//! apalis as before), and the jobs are apalis's rows, taken by apalis's own
-//! `apalis.get_jobs`: the board, the orphan sweep and the reconciler see
-//! what they saw before. The statement that calls it,
-//! `fetch_jobs_starting_attempts`, also counts the attempt of each job's
-//! operation (docs/job-path.md "The job transaction"): one statement a
-//! batch, where each job used to start its attempt in a transaction of its
-//! own.
+//! heart and sweeps orphans (its `poll_ready`, driven by apalis as before),
+//! and the jobs are apalis's rows, taken by apalis's own `apalis.get_jobs`:
+//! the board, the orphan sweep and the reconciler see what they saw before.
+//! The statement that calls it, `fetch_jobs_starting_attempts`, also counts
+//! the attempt of each job's operation (docs/job-path.md "The job
+//! transaction"): one statement a batch, where each job used to start its
+//! attempt in a transaction of its own.
+//!
+//! The acknowledgements are the gate's too ([`crate::ack`]): a job settled
+//! by its own transaction is marked `Done` there and needs none; the others
+//! are sent with apalis's statement (`handle_results`) when the storage
+//! sent them, between batches.
 //!
 //! The fetch is one statement on its own (no `BEGIN`/`COMMIT` around it:
 //! it is atomic by itself), on the queue pool (asynchronous commit). At most
@@ -31,7 +35,7 @@ use std::{
 
 use apalis_core::{
     backend::{Backend, BackendConfig, WireFormatBackend},
-    delegate_codec, delegate_config,
+    delegate_codec,
     task::{
         builder::TaskBuilder, metadata::MetadataStore, status::Status, task_id::TaskId, task_id::TaskIdError,
     },
@@ -43,10 +47,14 @@ use idemq_core::queue::JobPayload;
 use sqlx::{postgres::types::PgHstore, PgConnection};
 use ulid::Ulid;
 
-use crate::wake_strategy::FetchReasons;
+use crate::{
+    ack::{AckLayer, Pending},
+    wake_strategy::FetchReasons,
+};
 
 type Fetch = BoxFuture<'static, Result<Vec<PgTask>, apalis_postgres::Error>>;
 type PutBack = BoxFuture<'static, Result<u64, apalis_postgres::Error>>;
+type Acknowledge = BoxFuture<'static, Result<u64, apalis_postgres::Error>>;
 
 pub struct FetchGate<B, S> {
     backend: B,
@@ -54,7 +62,12 @@ pub struct FetchGate<B, S> {
     fetch: Option<Fetch>,
     put_back: Option<PutBack>,
     buffer: VecDeque<PgTask>,
-    /// A fetch failed: the loop ends (as with apalis's own fetch).
+    /// The acknowledgements waiting ([`crate::ack`]), and their statement in
+    /// flight.
+    pending: Pending,
+    acknowledge: Option<Acknowledge>,
+    /// A fetch or an acknowledgement failed: the loop ends (as with apalis's
+    /// own backend).
     dead: bool,
     /// The name the attempts' rows carry (`JobRunner::attempt_name`).
     process: String,
@@ -68,6 +81,8 @@ impl<B, S: Stream + Unpin> FetchGate<B, S> {
             fetch: None,
             put_back: None,
             buffer: VecDeque::new(),
+            pending: Pending::default(),
+            acknowledge: None,
             dead: false,
             process,
         }
@@ -105,15 +120,46 @@ impl<Args, S: Stream + Unpin> FetchGate<PostgresStorage<Args>, S> {
         self.buffer.extend(tasks);
         Poll::Ready(Ok(()))
     }
+
+    /// Sends every acknowledgement waiting, in one statement (apalis's
+    /// `handle_results`, on its own: no `BEGIN`/`COMMIT` around it), and
+    /// waits for it; `Ready` once none is waiting or in flight.
+    fn poll_acknowledge(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), apalis_postgres::Error>> {
+        loop {
+            if let Some(acknowledge) = self.acknowledge.as_mut() {
+                let result = futures::ready!(acknowledge.poll_unpin(cx));
+                self.acknowledge = None;
+                result?;
+            }
+            let acks = self.pending.take();
+            if acks.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let pool = self.backend.pool().clone();
+            let worker = worker.name().to_owned();
+            self.acknowledge = Some(
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    let acks = acks.iter().collect::<Vec<_>>();
+                    apalis_postgres::queries::handle_results(&mut *conn, &acks, &worker).await
+                }
+                .boxed(),
+            );
+        }
+    }
 }
 
 impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
     type Task = PgTask;
     type Error = apalis_postgres::Error;
 
-    /// The storage's own work (registration, heartbeat and orphan sweep,
-    /// the acknowledgements pending) runs only between batches: while jobs
-    /// wait in the buffer or a fetch is in flight, the worker goes on
+    /// The storage's own work (registration, heartbeat and orphan sweep)
+    /// and the acknowledgements waiting run only between batches: while
+    /// jobs wait in the buffer or a fetch is in flight, the worker goes on
     /// handing out jobs and the acknowledgements pile up, to be sent in one
     /// statement before the next fetch. That is when apalis's own backend
     /// ran them (its `poll_ready` works only in its `Ready` state, between a
@@ -123,7 +169,13 @@ impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
         if self.dead || !self.buffer.is_empty() || self.fetch.is_some() {
             return Poll::Ready(Ok(()));
         }
-        self.backend.poll_ready(cx, worker)
+        futures::ready!(self.backend.poll_ready(cx, worker))?;
+        let acknowledged = futures::ready!(self.poll_acknowledge(cx, worker));
+        if let Err(e) = &acknowledged {
+            tracing::warn!(error = %e, "acknowledging jobs failed");
+            self.dead = true;
+        }
+        Poll::Ready(acknowledged)
     }
 
     fn poll_next(
@@ -171,6 +223,7 @@ impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
                 result?;
             }
             if self.buffer.is_empty() {
+                futures::ready!(self.poll_acknowledge(cx, worker))?;
                 return self.backend.poll_close(cx, worker);
             }
             let tasks = self.buffer.drain(..).collect::<Vec<_>>();
@@ -294,6 +347,25 @@ async fn give_back_attempts(
     Ok(())
 }
 
-delegate_config!(FetchGate<B, S>, backend);
+/// The storage's configuration, with the gate's acknowledgements
+/// ([`AckLayer`]) instead of the storage's middleware, which would
+/// acknowledge every job (so the storage's own event channel stays empty).
+/// Its middleware does nothing else here: it locks jobs only with
+/// `lock_tasks`, which is off (`crate::queue_config`).
+impl<Args, S> BackendConfig for FetchGate<PostgresStorage<Args>, S> {
+    type Id = <PostgresStorage<Args> as BackendConfig>::Id;
+    type Args = Args;
+    type Kind = <PostgresStorage<Args> as BackendConfig>::Kind;
+    type Config = apalis_postgres::Config;
+    type Layer = AckLayer;
+
+    fn config(&self) -> &Self::Config {
+        self.backend.config()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
+        AckLayer::new(self.pending.clone(), self.backend.config().persist_results)
+    }
+}
 
 delegate_codec!(FetchGate<B, S>, backend);

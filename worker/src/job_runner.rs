@@ -15,9 +15,9 @@ use std::{
     time::Duration,
 };
 
-use apalis::prelude::{BoxDynError, Data};
+use apalis::prelude::{Attempt, BoxDynError, Data, TaskId, WorkerContext};
 use idemq_core::{
-    job::{self, AttemptResult, Opened, Start},
+    job::{self, Ack, AttemptResult, Opened, QueueJob, Start},
     notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
@@ -67,8 +67,17 @@ pub enum JobError {
 }
 
 /// The apalis handler. Returns `Ok` whenever the operation is settled (done,
-/// refused, or finished `failed`), so apalis never re-runs it by itself.
-pub async fn handle_job(job: JobPayload, runner: Data<Arc<JobRunner>>) -> Result<(), BoxDynError> {
+/// refused, or finished `failed`), so apalis never re-runs it by itself:
+/// `Ack::Committed` if the job transaction that settled it also marked this
+/// job `Done` (then no acknowledgement is sent, `crate::ack`), else
+/// `Ack::ByQueue`.
+pub async fn handle_job(
+    job: JobPayload,
+    runner: Data<Arc<JobRunner>>,
+    task_id: TaskId,
+    attempt: Attempt,
+    worker: WorkerContext,
+) -> Result<Ack, BoxDynError> {
     let op = job.operation_id();
     let span = tracing::info_span!("job", operation = %op);
     // The fetch counted this delivery's first attempt, or it did not.
@@ -76,10 +85,22 @@ pub async fn handle_job(job: JobPayload, runner: Data<Arc<JobRunner>>) -> Result
         Some(_) => Start::Counted,
         None => Start::Here,
     };
-    runner.run(op, start).instrument(span).await.map_err(|e| {
-        tracing::warn!(error = %e, "job handed back to the queue");
-        Box::new(e) as BoxDynError
-    })
+    // The row apalis's acknowledgement would write: this delivery's job,
+    // held by this queue loop, with the attempt apalis counted when it
+    // handed the job out (shared with apalis's lifecycle layer).
+    let delivered = QueueJob {
+        id: task_id.to_string(),
+        worker: worker.name().to_owned(),
+        attempt: i32::try_from(attempt.current()).unwrap_or(i32::MAX),
+    };
+    runner
+        .run(op, start, Some(&delivered))
+        .instrument(span)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "job handed back to the queue");
+            Box::new(e) as BoxDynError
+        })
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -149,8 +170,15 @@ impl JobRunner {
     }
 
     /// Runs the job's attempts. `start`: whether the fetch counted the first
-    /// one; every later attempt counts itself.
-    pub async fn run(&self, op: OperationId, mut start: Start) -> Result<(), JobError> {
+    /// one; every later attempt counts itself. `job`: the queue job that
+    /// delivered it, marked `Done` by the attempt's transaction that settles
+    /// the operation (then `Ack::Committed`).
+    pub async fn run(
+        &self,
+        op: OperationId,
+        mut start: Start,
+        job: Option<&QueueJob>,
+    ) -> Result<Ack, JobError> {
         let started = std::time::Instant::now();
         let mut unstarted = 0u32;
         loop {
@@ -159,14 +187,14 @@ impl JobRunner {
                 kind = tracing::field::Empty,
                 attempt = tracing::field::Empty
             );
-            let (attempt, result) = self.attempt_once(op, start).instrument(span).await;
+            let (attempt, result) = self.attempt_once(op, start, job).instrument(span).await;
             let Some(attempt) = attempt else {
                 match result {
                     // The start changed nothing: final already, or gone.
                     Ok(_) => {
                         tracing::info!("operation already finished or gone: redelivery, nothing to do");
                         metrics::counter!(JOBS, "kind" => "unknown", "outcome" => "redelivered").increment(1);
-                        return Ok(());
+                        return Ok(Ack::ByQueue);
                     }
                     // The opening failed (the database unreachable, most
                     // likely): no attempt is known to have been counted. Wait
@@ -188,7 +216,7 @@ impl JobRunner {
             start = Start::Here;
             let (number, kind) = (attempt.number(), attempt.kind.as_str());
             match result {
-                Ok(AttemptResult::Exhausted) => {
+                Ok(AttemptResult::Exhausted(ack)) => {
                     // Started past the bound (earlier attempts killed their
                     // workers): it did not run; its transaction finished the
                     // operation `failed`.
@@ -197,17 +225,17 @@ impl JobRunner {
                         "operation finished failed after its last attempt"
                     );
                     record_job(kind, "exhausted", started);
-                    return Ok(());
+                    return Ok(ack);
                 }
                 Ok(result) => {
                     tracing::info!(?result, kind, "job done");
-                    let outcome = match result {
-                        AttemptResult::Finished(OperationStatus::Succeeded) => "succeeded",
-                        AttemptResult::Finished(_) => "refused",
-                        _ => "redelivered",
+                    let (outcome, ack) = match result {
+                        AttemptResult::Finished(OperationStatus::Succeeded, ack) => ("succeeded", ack),
+                        AttemptResult::Finished(_, ack) => ("refused", ack),
+                        _ => ("redelivered", Ack::ByQueue),
                     };
                     record_job(kind, outcome, started);
-                    return Ok(());
+                    return Ok(ack);
                 }
                 Err(AttemptError::Permanent(reason)) => {
                     tracing::error!(reason, "job cannot succeed; finishing it failed");
@@ -246,8 +274,10 @@ impl JobRunner {
         &self,
         op: OperationId,
         start: Start,
+        job: Option<&QueueJob>,
     ) -> (Option<Started>, Result<AttemptResult, AttemptError>) {
         let (pool, notifier, worker) = (self.pool.clone(), self.notifier.clone(), self.worker.clone());
+        let job = job.cloned();
         let (ttl, limit, faults, max_attempts) =
             (self.ttl, self.timeout, self.faults.clone(), self.max_attempts);
         let slot = Arc::new(OnceLock::new());
@@ -272,10 +302,12 @@ impl JobRunner {
                     // Past the bound: finished `failed` under the lock the
                     // attempt holds, in its transaction; the attempts that
                     // ran are the ones before it.
-                    return attempt.give_up(this.count - 1, ttl, &notifier).await;
+                    return attempt
+                        .give_up(this.count - 1, ttl, &notifier, job.as_ref())
+                        .await;
                 }
                 faults.before_attempt(op, this.kind, this.number(), attempt.request());
-                attempt.run(ttl, &notifier).await
+                attempt.run(ttl, &notifier, job.as_ref()).await
             }
             .in_current_span(),
         );
@@ -306,11 +338,13 @@ impl JobRunner {
         }
     }
 
-    async fn give_up(&self, op: OperationId, attempts: i32) -> Result<(), JobError> {
+    /// Finishes the operation `failed` in a transaction of its own (after
+    /// a rollback): the queue acknowledges the job as usual.
+    async fn give_up(&self, op: OperationId, attempts: i32) -> Result<Ack, JobError> {
         if job::finish_exhausted(&self.pool, op, attempts, self.ttl).await? {
             tracing::error!(attempts, "operation finished failed after its last attempt");
         }
-        Ok(())
+        Ok(Ack::ByQueue)
     }
 }
 

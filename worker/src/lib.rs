@@ -2,6 +2,7 @@
 //! `job_runner::handle_job`, plus the fleet's background duties
 //! (`maintenance`: cleanup, reconciler) and a database watchdog. See `supervise` for how the process
 //! stays alive only while it is healthy.
+pub mod ack;
 pub mod config;
 pub mod faults;
 pub mod fetch_gate;
