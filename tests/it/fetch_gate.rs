@@ -348,50 +348,23 @@ async fn the_fetch_counts_each_first_attempt_and_no_attempt_starts_itself() {
     );
 }
 
+/// A payment on a new invoice, recorded (no worker runs): its operation.
+async fn recorded(app: &TestApp, invoice: &str) -> uuid::Uuid {
+    app.insert_invoice(invoice).await;
+    let r = app.mark_paid(invoice, &format!("key-{invoice}")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    op_uuid(r.json::<Value>().await.unwrap()["id"].as_str().unwrap())
+}
+
 /// What the fetch counts, and what it leaves to the attempt itself: the
 /// function on its own, no worker.
 #[tokio::test]
 async fn the_fetch_skips_final_locked_and_foreign_jobs_and_counts_the_rest() {
     let app = spawn_app().await;
-    for invoice in ["inv-free", "inv-locked", "inv-final", "inv-again"] {
-        app.insert_invoice(invoice).await;
-    }
-    let free = op_uuid(
-        app.mark_paid("inv-free", "k-free")
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["id"]
-            .as_str()
-            .unwrap(),
-    );
-    let locked = op_uuid(
-        app.mark_paid("inv-locked", "k-locked")
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["id"]
-            .as_str()
-            .unwrap(),
-    );
-    let fin = op_uuid(
-        app.mark_paid("inv-final", "k-final")
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["id"]
-            .as_str()
-            .unwrap(),
-    );
-    let again = op_uuid(
-        app.mark_paid("inv-again", "k-again")
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["id"]
-            .as_str()
-            .unwrap(),
-    );
+    let free = recorded(&app, "inv-free").await;
+    let locked = recorded(&app, "inv-locked").await;
+    let fin = recorded(&app, "inv-final").await;
+    let again = recorded(&app, "inv-again").await;
     let pool = &app.db.pool;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE operations SET status = 'succeeded', finished_at = now(), response_status = 200 WHERE id = '{fin}';
