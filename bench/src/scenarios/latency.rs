@@ -237,5 +237,40 @@ async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
             f(row.0), f(row.1), f(row.2), f(row.3), f(row.4), f(row.5)
         ),
     ));
+    pauses(db, report).await
+}
+
+/// The longest pauses with no effect committed anywhere in the fleet while
+/// requests kept being recorded: a stall that every operation in flight
+/// shares (a slow WAL flush of the disk, the machine's scheduler) shows
+/// here as one long gap, a slow worker or a queue in idemq does not.
+async fn pauses(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
+    let rows: Vec<(f64, f64, i64)> = sqlx::query_as(
+        "WITH f AS (
+             SELECT finished_at, lag(finished_at) OVER (ORDER BY finished_at) AS prev
+             FROM operations WHERE finished_at IS NOT NULL
+         ), t0 AS (SELECT min(created_at) AS t0 FROM operations)
+         SELECT (extract(epoch FROM f.finished_at - f.prev) * 1000)::float8,
+                extract(epoch FROM f.prev - t0.t0)::float8,
+                (SELECT count(*) FROM operations o
+                 WHERE o.created_at > f.prev AND o.created_at < f.finished_at)
+         FROM f, t0 WHERE f.prev IS NOT NULL
+         ORDER BY f.finished_at - f.prev DESC LIMIT 3",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let text = rows
+        .iter()
+        .map(|(gap, at, recorded)| format!("{gap:.0} ms at {at:.1} s ({recorded} recorded meanwhile)"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    report.results.push((
+        "longest_pauses".into(),
+        serde_json::json!(rows
+            .iter()
+            .map(|(gap, at, recorded)| serde_json::json!({"ms": gap, "at_s": at, "recorded": recorded}))
+            .collect::<Vec<_>>()),
+        format!("no effect committed for {text}"),
+    ));
     Ok(())
 }
