@@ -12,7 +12,7 @@ use std::{
 use sqlx::{
     pool::PoolConnectionMetadata,
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
-    Executor, PgPool,
+    Connection, Executor, PgPool,
 };
 
 use crate::Error;
@@ -29,10 +29,35 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .max_connections(max_connections)
         // A request must fail fast (503) rather than hang when the database is gone.
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(ping_if_idle)
         .after_connect(prepare_connection)
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+/// A connection idle for less than this goes out without a ping.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// sqlx pings a connection when it goes back to the pool and, by default,
+/// again when it is handed out: two round trips per checkout, as many as a
+/// job's whole effect takes. The ping on return stays (sqlx always sends
+/// it); the one on checkout is kept only for a connection that has been idle
+/// for [`PING_IF_IDLE_FOR`] or more, because one that answered a ping less
+/// than a second ago is dead only if the server went away in that second, and
+/// then the checkout's first statement fails as a statement in flight at
+/// that moment would have.
+fn ping_if_idle(
+    conn: &mut PgConnection,
+    meta: PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_IF_IDLE_FOR {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
 }
 
 fn prepare_connection(
@@ -83,7 +108,9 @@ pub fn connect_async_commit(pool: &PgPool, max_connections: u32) -> PgPool {
             .after_release(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_END).await.map(|_| true) }))
             .connect_lazy_with(options);
     }
-    base.after_connect(prepare_connection)
+    base.test_before_acquire(false)
+        .before_acquire(ping_if_idle)
+        .after_connect(prepare_connection)
         .connect_lazy_with(options.options([("synchronous_commit", "off")]))
 }
 
