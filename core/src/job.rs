@@ -1,10 +1,13 @@
 //! The job transaction (docs/job-path.md): exactly-once effect on an
 //! at-least-once queue.
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::{pool::PoolConnection, Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres, Row};
 
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
@@ -82,11 +85,18 @@ pub struct QueueJob {
 const OPEN_ATTEMPT: &str =
     "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = {limit_ms};
 SELECT start_attempt({op}, {worker});
-COMMIT; BEGIN; SET LOCAL statement_timeout = {limit_ms}";
+COMMIT; BEGIN; SET LOCAL statement_timeout = {limit_ms}; {lock}";
 
 /// The opening of an attempt that the worker's fetch already counted
 /// ([`Start::Counted`]): only the job's transaction.
-const OPEN_COUNTED_ATTEMPT: &str = "BEGIN; SET LOCAL statement_timeout = {limit_ms}";
+const OPEN_COUNTED_ATTEMPT: &str = "BEGIN; SET LOCAL statement_timeout = {limit_ms}; {lock}";
+
+/// Step 1, the last statement of either opening: the operation row locked
+/// in the job's transaction, with what the attempt needs (its only row with
+/// a `kind` column). In the same message, so that an attempt's first round
+/// trip also takes its lock.
+const LOCK_OPERATION: &str =
+    "SELECT status, kind, principal_id, request, attempts FROM operations WHERE id = {op} FOR UPDATE";
 
 /// Who counts the attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +136,7 @@ fn quote_literal(s: &str) -> String {
 /// lock, the time limit: the server may then be left inside the job's
 /// transaction) — the connection is closed instead of going back to the
 /// pool, where the next user would inherit that state.
+#[derive(Debug)]
 pub struct JobConnection {
     conn: PoolConnection<Postgres>,
     in_doubt: bool,
@@ -137,6 +148,94 @@ impl JobConnection {
             conn: pool.acquire().await?,
             in_doubt: false,
         })
+    }
+}
+
+/// The job pool, and the connections of attempts that just ended cleanly,
+/// kept for the next attempt instead of going back to the pool: sqlx pings
+/// a connection that goes back (a round trip per attempt, one of six), and
+/// a connection that ended its attempt with `COMMIT` (or a queued rollback)
+/// less than [`crate::db::PING_IF_IDLE_FOR`] ago needs no check. Older ones
+/// go back to the pool, which checks them. At most as many are kept as
+/// attempts ran at once, which hold as many connections while they run.
+#[derive(Clone, Debug)]
+pub struct JobConnections {
+    pool: PgPool,
+    idle: Arc<Mutex<Vec<(JobConnection, Instant)>>>,
+}
+
+impl JobConnections {
+    pub fn new(pool: PgPool) -> JobConnections {
+        JobConnections {
+            pool,
+            idle: Arc::default(),
+        }
+    }
+
+    /// The most recently kept connection if it is fresh, else one from the
+    /// pool.
+    pub async fn acquire(&self) -> Result<JobConnection, Error> {
+        let (fresh, stale) = {
+            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match idle.pop() {
+                Some((conn, at)) if at.elapsed() < crate::db::PING_IF_IDLE_FOR => (Some(conn), Vec::new()),
+                // The newest is stale: so are the older ones.
+                Some(newest) => {
+                    let mut stale = std::mem::take(&mut *idle);
+                    stale.push(newest);
+                    (None, stale)
+                }
+                None => (None, Vec::new()),
+            }
+        };
+        // Dropped outside the lock: back to the pool, which pings them.
+        drop(stale);
+        match fresh {
+            Some(conn) => Ok(conn),
+            None => JobConnection::acquire(&self.pool).await,
+        }
+    }
+
+    /// Keeps `conn` for the next attempt. Only for a connection whose
+    /// attempt ended without an error: after an error its state is unknown,
+    /// and dropping it lets the pool check it (or close it, `in_doubt`).
+    pub fn keep(&self, conn: JobConnection) {
+        if conn.in_doubt {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle.push((conn, Instant::now()));
+    }
+}
+
+impl JobConnection {
+    /// Ends the transaction the opening began with `COMMIT` or `ROLLBACK`;
+    /// once the server has answered, the connection is no longer in doubt.
+    async fn end(&mut self, how: &'static str) -> Result<(), Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(how))
+            .execute(&mut *self.conn)
+            .await?;
+        self.in_doubt = false;
+        Ok(())
+    }
+
+    /// Runs `work` in the open transaction and commits it; if `work` fails,
+    /// rolls back (if that fails too, the connection stays in doubt and is
+    /// closed when dropped).
+    async fn within<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match work(&mut self.conn).await {
+            Ok(done) => {
+                self.end("COMMIT").await?;
+                Ok(done)
+            }
+            Err(e) => {
+                let _ = self.end("ROLLBACK").await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -162,7 +261,10 @@ pub enum Opened<'c> {
 /// An attempt opened by `open_attempt`: counted (committed), its operation
 /// row locked in the job's transaction, the operation not final.
 pub struct Locked<'c> {
-    tx: Transaction<'c, Postgres>,
+    /// Inside the job's transaction, in doubt until it ends: dropped
+    /// without [`Locked::run`] or [`Locked::give_up`] ending it, the
+    /// connection is closed and the server rolls back.
+    conn: &'c mut JobConnection,
     op: OperationId,
     /// The attempt's number: `operations.attempts` after its start.
     pub number: i32,
@@ -191,38 +293,41 @@ pub async fn open_attempt<'c>(
         Start::Here => OPEN_ATTEMPT,
     };
     let opening = template
+        .replace("{lock}", LOCK_OPERATION)
         .replace("{limit_ms}", &ms.to_string())
         .replace("{op}", &format!("'{}'::uuid", op.uuid()))
         // Last: nothing in the name is read as a placeholder.
         .replace("{worker}", &quote_literal(worker));
-    let JobConnection { conn, in_doubt } = conn;
-    *in_doubt = true;
-    let mut tx = Connection::begin_with(&mut **conn, sqlx::AssertSqlSafe(opening)).await?;
-    *in_doubt = false;
-    let row = sqlx::query!(
-        "SELECT status, kind, principal_id, request, attempts FROM operations WHERE id = $1 FOR UPDATE",
-        op.uuid(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    // In doubt until the transaction is known to be over: a connection
+    // dropped in doubt is closed (see `JobConnection`).
+    conn.in_doubt = true;
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(opening))
+        .fetch_all(&mut *conn.conn)
+        .await?;
+    let row = rows.iter().rev().find(|r| r.try_column("kind").is_ok());
     let Some(row) = row else {
+        // Nothing to run: rolled back now, the lock released with it.
+        conn.end("ROLLBACK").await?;
         return Ok(Opened::Missing);
     };
+    let status: String = row.try_get("status")?;
     // The start leaves the operation `running`. Final: the start changed
     // nothing (a redelivery). `queued`: it changed nothing either (the
     // operation was final then, and an operator's retry has since queued it
     // again with a job of its own, which runs it).
-    if OperationStatus::parse(&row.status) != Some(OperationStatus::Running) {
+    if OperationStatus::parse(&status) != Some(OperationStatus::Running) {
+        conn.end("ROLLBACK").await?;
         return Ok(Opened::AlreadyFinished);
     }
-    let kind = OperationKind::parse(&row.kind).ok_or_else(|| Error::Corrupt(format!("kind {}", row.kind)))?;
+    let kind: String = row.try_get("kind")?;
+    let kind = OperationKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("kind {kind}")))?;
     Ok(Opened::Locked(Locked {
-        tx,
+        number: row.try_get("attempts")?,
+        principal: row.try_get("principal_id")?,
+        request: row.try_get("request")?,
+        conn,
         op,
-        number: row.attempts,
         kind,
-        principal: row.principal_id,
-        request: row.request,
     }))
 }
 
@@ -237,7 +342,7 @@ impl Locked<'_> {
     /// 4), the commit (step 5). Any `Err` has rolled back. If a request
     /// waits for the operation, `notifier` announces it after the commit.
     pub async fn run(
-        mut self,
+        self,
         ttl: Duration,
         notifier: &Notifier,
         job: Option<&QueueJob>,
@@ -246,9 +351,14 @@ impl Locked<'_> {
             operation: self.op,
             principal: self.principal,
         };
-        let outcome = execute(&mut self.tx, actor, self.kind, &self.request).await?;
-        let finished = finish(&mut self.tx, self.op, &outcome, ttl, None, job).await?;
-        self.tx.commit().await?;
+        let (outcome, finished) = self
+            .conn
+            .within(async |conn| {
+                let outcome = execute(conn, actor, self.kind, &self.request).await?;
+                let finished = finish(conn, self.op, &outcome, ttl, None, job).await?;
+                Ok((outcome, finished))
+            })
+            .await?;
         if let Some(audit) = &outcome.audit {
             audit.log();
         }
@@ -264,22 +374,17 @@ impl Locked<'_> {
     /// same transaction, under the lock it already holds. `attempts`: how
     /// many ran.
     pub async fn give_up(
-        mut self,
+        self,
         attempts: i32,
         ttl: Duration,
         notifier: &Notifier,
         job: Option<&QueueJob>,
     ) -> Result<AttemptResult, Error> {
-        let finished = finish(
-            &mut self.tx,
-            self.op,
-            &exhausted(attempts),
-            ttl,
-            Some("exhausted"),
-            job,
-        )
-        .await?;
-        self.tx.commit().await?;
+        let op = self.op;
+        let finished = self
+            .conn
+            .within(async |conn| finish(conn, op, &exhausted(attempts), ttl, Some("exhausted"), job).await)
+            .await?;
         if finished.waited_for {
             notifier.operation_finished(self.op);
         }

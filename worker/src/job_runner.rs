@@ -17,7 +17,7 @@ use std::{
 
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId, WorkerContext};
 use idemq_core::{
-    job::{self, Ack, AttemptResult, Opened, QueueJob, Start},
+    job::{self, Ack, AttemptResult, JobConnections, Opened, QueueJob, Start},
     notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
@@ -38,6 +38,8 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct JobRunner {
     pool: PgPool,
+    /// The job pool's connections for the attempts (`job::JobConnections`).
+    connections: JobConnections,
     /// Commits without waiting for the WAL flush, for the writes that carry
     /// no effect (a failed attempt's error, apalis's fetch, ack and
     /// heartbeat): `idemq_core::db::connect_async_commit`. The attempt count
@@ -121,6 +123,7 @@ impl JobRunner {
         JobRunner {
             notifier: Notifier::spawn(pool.clone()),
             queue_pool,
+            connections: JobConnections::new(pool.clone()),
             pool,
             ttl: settings.idempotency_ttl,
             max_attempts: settings.config.job_max_attempts,
@@ -276,7 +279,11 @@ impl JobRunner {
         start: Start,
         job: Option<&QueueJob>,
     ) -> (Option<Started>, Result<AttemptResult, AttemptError>) {
-        let (pool, notifier, worker) = (self.pool.clone(), self.notifier.clone(), self.worker.clone());
+        let (connections, notifier, worker) = (
+            self.connections.clone(),
+            self.notifier.clone(),
+            self.worker.clone(),
+        );
         let job = job.cloned();
         let (ttl, limit, faults, max_attempts) =
             (self.ttl, self.timeout, self.faults.clone(), self.max_attempts);
@@ -284,30 +291,39 @@ impl JobRunner {
         let started = slot.clone();
         let task = tokio::spawn(
             async move {
-                let mut conn = job::JobConnection::acquire(&pool).await?;
-                let attempt = match job::open_attempt(&mut conn, op, &worker, limit, start).await? {
-                    Opened::Locked(attempt) => attempt,
-                    Opened::AlreadyFinished => return Ok(AttemptResult::AlreadyFinished),
-                    Opened::Missing => return Ok(AttemptResult::Missing),
-                };
-                let this = Started {
-                    count: attempt.number,
-                    kind: attempt.kind,
-                };
-                let _ = started.set(this);
-                let span = tracing::Span::current();
-                span.record("kind", this.kind.as_str());
-                span.record("attempt", this.number());
-                if this.number() > max_attempts {
-                    // Past the bound: finished `failed` under the lock the
-                    // attempt holds, in its transaction; the attempts that
-                    // ran are the ones before it.
-                    return attempt
-                        .give_up(this.count - 1, ttl, &notifier, job.as_ref())
-                        .await;
+                let mut conn = connections.acquire().await?;
+                // The attempt borrows the connection; once it has ended
+                // cleanly the connection is kept for the next one.
+                let result = async {
+                    let attempt = match job::open_attempt(&mut conn, op, &worker, limit, start).await? {
+                        Opened::Locked(attempt) => attempt,
+                        Opened::AlreadyFinished => return Ok(AttemptResult::AlreadyFinished),
+                        Opened::Missing => return Ok(AttemptResult::Missing),
+                    };
+                    let this = Started {
+                        count: attempt.number,
+                        kind: attempt.kind,
+                    };
+                    let _ = started.set(this);
+                    let span = tracing::Span::current();
+                    span.record("kind", this.kind.as_str());
+                    span.record("attempt", this.number());
+                    if this.number() > max_attempts {
+                        // Past the bound: finished `failed` under the lock the
+                        // attempt holds, in its transaction; the attempts that
+                        // ran are the ones before it.
+                        return attempt
+                            .give_up(this.count - 1, ttl, &notifier, job.as_ref())
+                            .await;
+                    }
+                    faults.before_attempt(op, this.kind, this.number(), attempt.request());
+                    attempt.run(ttl, &notifier, job.as_ref()).await
                 }
-                faults.before_attempt(op, this.kind, this.number(), attempt.request());
-                attempt.run(ttl, &notifier, job.as_ref()).await
+                .await;
+                if result.is_ok() {
+                    connections.keep(conn);
+                }
+                result
             }
             .in_current_span(),
         );
