@@ -127,8 +127,9 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
     let id = OperationId::new();
     // A waiting request listens before its operation exists (see `Waiters::expect`).
     let expected = wait.map(|_| state.waiters.expect(id));
-    let next = idempotency::begin(
-        &state.pool,
+    let mut conn = state.records.acquire().await?;
+    let next = idempotency::begin_on(
+        &mut conn,
         NewOperation {
             id,
             announce_finish: wait.is_some(),
@@ -140,6 +141,9 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         },
     )
     .await?;
+    // Committed before the answer (behind a pooler, here), and the
+    // connection kept for the next request.
+    state.records.done(conn).await?;
     match next {
         NextAction::Started(op) => {
             state.notifier.job_pushed(op.kind.queue(), &op.job_id);

@@ -21,7 +21,7 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware, Router,
 };
-use idemq_core::notifier::Notifier;
+use idemq_core::{db::KeptPool, notifier::Notifier};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,9 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct SharedState {
     pub pool: PgPool,
+    /// `pool`, with the connections of records just made kept for the next
+    /// request (`idemq_core::db::KeptPool`).
+    pub records: KeptPool,
     pub tokens: Arc<TokenCache>,
     pub waiters: Waiters,
     /// Wakes the workers after a job's commit (see `idemq_core::notifier`).
@@ -82,6 +85,7 @@ impl AppState {
         AppState(Arc::new(SharedState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),
+            records: KeptPool::new(pool.clone()),
             pool,
             tokens,
             waiters,

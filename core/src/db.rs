@@ -6,13 +6,13 @@ use std::{
     pin::Pin,
     str::FromStr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::{
-    pool::PoolConnectionMetadata,
+    pool::{PoolConnection, PoolConnectionMetadata},
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
-    Connection, Executor, PgPool,
+    Connection, Executor, PgPool, Postgres,
 };
 
 use crate::Error;
@@ -59,6 +59,117 @@ fn ping_if_idle(
         Ok(true)
     })
 }
+
+/// Connections that just ended their work cleanly, kept for the next user
+/// instead of going back to the pool: sqlx pings every connection that goes
+/// back (a round trip), and one that answered its last statement less than
+/// [`PING_IF_IDLE_FOR`] ago needs no check. Older ones go back to the pool,
+/// which checks them when it next hands them out ([`ping_if_idle`]). At most
+/// as many are kept as were in use at once, and none while the pool may
+/// have a checkout waiting ([`may_keep`]).
+#[derive(Debug)]
+pub struct Kept<T> {
+    idle: Mutex<Vec<(T, Instant)>>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> Kept<T> {
+    /// The most recently kept connection, if it is fresh; the stale ones
+    /// are dropped (back to their pool).
+    pub fn take(&self) -> Option<T> {
+        let (fresh, stale) = {
+            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match idle.pop() {
+                Some((conn, at)) if at.elapsed() < PING_IF_IDLE_FOR => (Some(conn), Vec::new()),
+                // The newest is stale: so are the older ones.
+                Some(newest) => {
+                    let mut stale = std::mem::take(&mut *idle);
+                    stale.push(newest);
+                    (None, stale)
+                }
+                None => (None, Vec::new()),
+            }
+        };
+        // Outside the lock: a pool connection's drop starts its return.
+        drop(stale);
+        fresh
+    }
+
+    /// Keeps `conn`: only one whose last statement ended without an error
+    /// and outside a transaction.
+    pub fn keep(&self, conn: T) {
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle.push((conn, Instant::now()));
+    }
+}
+
+/// Whether a connection of `pool` may be kept out of it: not if the pool is
+/// at its size with none idle, because then a checkout may be waiting for a
+/// connection to come back, and a kept one would not (it would wait for
+/// the acquire timeout: a 503). A checkout waits only then: with one idle
+/// it takes it, under the size it opens one.
+pub fn may_keep(pool: &PgPool) -> bool {
+    pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
+}
+
+/// A pool and its [`Kept`] connections, for a path that runs statements of
+/// their own (no transaction) per checkout and must know them committed
+/// before it answers: the API's record.
+#[derive(Clone, Debug)]
+pub struct KeptPool {
+    pool: PgPool,
+    kept: Arc<Kept<PoolConnection<Postgres>>>,
+    /// Behind a transaction-mode pooler ([`connect_pooled`]) every checkout
+    /// is a transaction, committed when the connection goes back: such a
+    /// connection is never kept, and [`KeptPool::done`] commits it first.
+    pooled: bool,
+}
+
+impl KeptPool {
+    pub fn new(pool: PgPool) -> KeptPool {
+        KeptPool {
+            pooled: is_pooled(&pool),
+            pool,
+            kept: Arc::default(),
+        }
+    }
+
+    /// A kept connection if one is fresh, else one from the pool.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
+        match self.kept.take() {
+            Some(conn) => Ok(conn),
+            None => Ok(self.pool.acquire().await?),
+        }
+    }
+
+    /// Ends a checkout whose statements all succeeded: what they wrote is
+    /// committed when this returns. Kept for the next checkout, or, behind
+    /// a pooler, its checkout's transaction committed here (not in the
+    /// pool's release, which runs after the caller has answered) and the
+    /// connection handed back.
+    pub async fn done(&self, mut conn: PoolConnection<Postgres>) -> Result<(), Error> {
+        if self.pooled {
+            conn.execute(CHECKOUT_COMMIT).await?;
+            return Ok(());
+        }
+        if may_keep(&self.pool) {
+            self.kept.keep(conn);
+        }
+        Ok(())
+    }
+}
+
+/// Commits a pooled checkout's transaction before its release would, and
+/// opens another as [`CHECKOUT_BEGIN`] does, which the release commits
+/// (empty).
+const CHECKOUT_COMMIT: &str = "COMMIT; BEGIN; SET LOCAL client_min_messages = error";
 
 fn prepare_connection(
     conn: &mut PgConnection,

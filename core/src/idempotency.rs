@@ -1,7 +1,7 @@
 //! The idempotency record store: record the request and enqueue its job in
 //! one transaction, or find what an earlier request with the key started.
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     fingerprint::Fingerprint,
@@ -53,6 +53,13 @@ pub struct NewOperation<'a> {
 /// into their enums), and `INSERT_JOB` mirrors apalis's push; query! takes
 /// only literals, and copies in each statement could drift apart.
 pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, Error> {
+    begin_on(&mut *pool.acquire().await?, new).await
+}
+
+/// [`begin`] on a connection of the caller's (the API keeps its
+/// connections between requests: `db::KeptPool`). Every statement is one
+/// of its own, outside any transaction: when it returns, `conn` is idle.
+pub async fn begin_on(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<NextAction, Error> {
     use sqlx::{FromRow, Row};
     // Two rounds at most: the second follows the removal of an expired record.
     for _ in 0..2 {
@@ -83,14 +90,14 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
         .bind(queue::job_args(id)?)
         .bind(queue::APALIS_MAX_ATTEMPTS as i32)
         .bind(new.announce_finish)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
         let existing = match row {
             Some(row) if row.try_get::<bool, _>("inserted")? => {
                 return Ok(NextAction::Started(Operation::from_row(&row)?));
             }
             Some(row) => Some((Operation::from_row(&row)?, row.try_get::<bool, _>("expired")?)),
-            None => read_existing(pool, &new).await?,
+            None => read_existing(&mut *conn, &new).await?,
         };
         match existing {
             Some((op, false)) => {
@@ -106,7 +113,7 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
                     "DELETE FROM operations WHERE id = $1 AND expires_at <= now()",
                     op.id.uuid()
                 )
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             }
             // Deleted by cleanup meanwhile: insert again.
@@ -121,7 +128,10 @@ pub async fn begin(pool: &PgPool, new: NewOperation<'_>) -> Result<NextAction, E
 
 /// The record under the key and whether it has expired (a fresh snapshot:
 /// sees a concurrent first request's row once it committed).
-async fn read_existing(pool: &PgPool, new: &NewOperation<'_>) -> Result<Option<(Operation, bool)>, Error> {
+async fn read_existing(
+    conn: &mut PgConnection,
+    new: &NewOperation<'_>,
+) -> Result<Option<(Operation, bool)>, Error> {
     use sqlx::{FromRow, Row};
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, coalesce(expires_at <= now(), false) AS expired
@@ -129,7 +139,7 @@ async fn read_existing(pool: &PgPool, new: &NewOperation<'_>) -> Result<Option<(
     )))
     .bind(new.principal.id())
     .bind(new.key.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(match row {
         Some(row) => Some((Operation::from_row(&row)?, row.try_get("expired")?)),

@@ -1,9 +1,6 @@
 //! The job transaction (docs/job-path.md): exactly-once effect on an
 //! at-least-once queue.
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -11,6 +8,7 @@ use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres, Row};
 
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
+    db::Kept,
     idempotency::FINISHED_CHANNEL,
     notifier::Notifier,
     operation::{OperationId, OperationKind, OperationStatus},
@@ -151,60 +149,37 @@ impl JobConnection {
     }
 }
 
-/// The job pool, and the connections of attempts that just ended cleanly,
-/// kept for the next attempt instead of going back to the pool: sqlx pings
-/// a connection that goes back (a round trip per attempt, one of six), and
-/// a connection that ended its attempt with `COMMIT` (or a queued rollback)
-/// less than [`crate::db::PING_IF_IDLE_FOR`] ago needs no check. Older ones
-/// go back to the pool, which checks them. At most as many are kept as
-/// attempts ran at once, which hold as many connections while they run.
+/// The job pool, and the connections of attempts that ended cleanly, kept
+/// for the next attempt ([`crate::db::Kept`]: no ping on their return).
 #[derive(Clone, Debug)]
 pub struct JobConnections {
     pool: PgPool,
-    idle: Arc<Mutex<Vec<(JobConnection, Instant)>>>,
+    kept: Arc<Kept<JobConnection>>,
 }
 
 impl JobConnections {
     pub fn new(pool: PgPool) -> JobConnections {
         JobConnections {
             pool,
-            idle: Arc::default(),
+            kept: Arc::default(),
         }
     }
 
-    /// The most recently kept connection if it is fresh, else one from the
-    /// pool.
+    /// A kept connection if one is fresh, else one from the pool.
     pub async fn acquire(&self) -> Result<JobConnection, Error> {
-        let (fresh, stale) = {
-            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match idle.pop() {
-                Some((conn, at)) if at.elapsed() < crate::db::PING_IF_IDLE_FOR => (Some(conn), Vec::new()),
-                // The newest is stale: so are the older ones.
-                Some(newest) => {
-                    let mut stale = std::mem::take(&mut *idle);
-                    stale.push(newest);
-                    (None, stale)
-                }
-                None => (None, Vec::new()),
-            }
-        };
-        // Dropped outside the lock: back to the pool, which pings them.
-        drop(stale);
-        match fresh {
+        match self.kept.take() {
             Some(conn) => Ok(conn),
             None => JobConnection::acquire(&self.pool).await,
         }
     }
 
-    /// Keeps `conn` for the next attempt. Only for a connection whose
-    /// attempt ended without an error: after an error its state is unknown,
-    /// and dropping it lets the pool check it (or close it, `in_doubt`).
+    /// Keeps `conn` for the next attempt if its transaction is known to be
+    /// over (one in doubt is dropped, and closed) and no checkout of the
+    /// pool may be waiting for it (`db::may_keep`).
     pub fn keep(&self, conn: JobConnection) {
-        if conn.in_doubt {
-            return;
+        if !conn.in_doubt && crate::db::may_keep(&self.pool) {
+            self.kept.keep(conn);
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.push((conn, Instant::now()));
     }
 }
 
