@@ -23,6 +23,7 @@ mod maintenance;
 mod meter_readings;
 mod observability;
 mod openapi;
+mod operations_table;
 mod ops;
 mod payments;
 mod pg_immediate_stop;
