@@ -166,6 +166,20 @@ impl KeptPool {
     }
 }
 
+/// Ends the statements a caller ran on one checkout of `pool` (no
+/// transaction of its own) that wrote: what they wrote is committed when
+/// this returns. Behind a transaction-mode pooler ([`connect_pooled`]) a
+/// checkout is a transaction, and the pool's release commits it in a task of
+/// its own, after the caller has moved on (an API answer could leave first,
+/// and the rows stay locked until then); here it is committed. On a direct
+/// pool each statement committed itself.
+pub async fn commit_checkout(pool: &PgPool, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    if is_pooled(pool) {
+        conn.execute(CHECKOUT_COMMIT).await?;
+    }
+    Ok(())
+}
+
 /// Commits a pooled checkout's transaction before its release would, and
 /// opens another as [`CHECKOUT_BEGIN`] does, which the release commits
 /// (empty).

@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
+    db,
     fingerprint::Fingerprint,
     key::IdempotencyKey,
     operation::{Operation, OperationId, OperationKind, COLUMNS},
@@ -151,12 +152,14 @@ async fn read_existing(
 /// announced on `FINISHED_CHANNEL`, and returns it — or, if it is already
 /// final (or not this principal's), what `find` returns. The flag is set under
 /// the row lock, so a job finishing concurrently either sees it and notifies,
-/// or committed first and the operation is returned final.
+/// or committed first and the operation is returned final. The flag is
+/// committed before this returns (behind a pooler too: `db::commit_checkout`).
 pub async fn watch(
     pool: &PgPool,
     principal: &Principal,
     id: OperationId,
 ) -> Result<Option<Operation>, Error> {
+    let mut conn = pool.acquire().await?;
     let flagged: Option<Operation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE operations SET notify_on_finish = true
          WHERE id = $1 AND principal_id = $2 AND status IN ('queued', 'running')
@@ -164,8 +167,10 @@ pub async fn watch(
     )))
     .bind(id.uuid())
     .bind(principal.id())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
+    db::commit_checkout(pool, &mut conn).await?;
+    drop(conn);
     match flagged {
         Some(op) => Ok(Some(op)),
         None => find(pool, principal, id).await,

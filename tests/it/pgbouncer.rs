@@ -326,3 +326,84 @@ async fn payments_through_pgbouncer_in_transaction_mode_are_paid_once_and_answer
         assert!(!log.contains("prepared statement"), "{log}");
     }
 }
+
+/// Makes every commit that wrote a row of `table` take 300 ms (a deferred
+/// trigger runs at commit): a commit left to sqlx's release, which runs after
+/// the caller has moved on, is then still running when the answer arrives.
+async fn slow_commits_of(db: &TestDb, table: &str) {
+    let sql = format!(
+        "DROP TRIGGER IF EXISTS slow_commit ON rate_limit_budgets;
+         DROP TRIGGER IF EXISTS slow_commit ON operations;
+         CREATE OR REPLACE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON {table}
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// Behind a transaction-mode pooler every checkout is a transaction; what a
+/// request wrote (the fleet rate limiter's lease, the record) is committed
+/// before its answer leaves, not by the pool's release after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_request_wrote_through_pgbouncer_is_committed_before_its_answer() {
+    let db = fresh_db().await;
+    let bouncer = Bouncer::start(&db.url).await;
+    let pooled = bouncer.url(&db.url);
+    let (_, token) = idemq_core::principal::create_token(&db.pool, "bouncer-tester")
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO invoices (id, amount_cents) VALUES ('inv-1', 5000), ('inv-2', 5000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let api = spawn_api_process(
+        &pooled,
+        &[
+            ("IDEMQ_LISTEN_DATABASE_URL", db.url.as_str()),
+            ("IDEMQ_DB_MAX_CONNECTIONS", "4"),
+            ("IDEMQ_RATE_LIMIT_ENABLED", "true"),
+            ("IDEMQ_RATE_LIMIT_SENSITIVE", "1000/min"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let pay = |invoice: &str, key: &str| {
+        client
+            .patch(format!("{}/invoices/{invoice}/mark-paid", api.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "paymentMethod": "card" }))
+            .send()
+    };
+    let pool = db.pool.clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            n
+        }
+    };
+
+    // The first request of the principal leases from its fleet-wide budget.
+    slow_commits_of(&db, "rate_limit_budgets").await;
+    let answer = pay("inv-1", "key-1").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::ACCEPTED, "{}", api.log());
+    assert_eq!(
+        count("SELECT count(*) FROM rate_limit_budgets").await,
+        1,
+        "the lease is committed when the answer arrives"
+    );
+
+    slow_commits_of(&db, "operations").await;
+    let answer = pay("inv-2", "key-2").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::ACCEPTED, "{}", api.log());
+    assert_eq!(
+        count("SELECT count(*) FROM operations WHERE idempotency_key = 'key-2'").await,
+        1,
+        "the record is committed when the answer arrives"
+    );
+    drop(api);
+}

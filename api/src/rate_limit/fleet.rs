@@ -158,7 +158,9 @@ impl Fleet {
         // Takes up to $3 requests (capped by the burst $4) from the budget of
         // ($1, $2) whose interval is $5 µs; returns what was granted and how
         // far ahead of now the budget's `tat` is, in µs.
-        let lease = sqlx::query!(
+        let lease = async {
+            let mut conn = self.pool.acquire().await?;
+            let row = sqlx::query!(
             r#"INSERT INTO rate_limit_budgets AS b (principal_id, class, tat, granted)
 VALUES ($1, $2, now() + least($3::int, $4::int)::bigint * $5::bigint * interval '1 microsecond', least($3, $4))
 ON CONFLICT (principal_id, class) DO UPDATE SET
@@ -174,7 +176,13 @@ RETURNING granted, (extract(epoch FROM tat - now()) * 1000000)::bigint AS "ahead
             i32::try_from(spec.burst).unwrap_or(i32::MAX),
             interval_us,
         )
-        .fetch_one(&self.pool);
+        .fetch_one(&mut *conn)
+            .await?;
+            // Committed before the request goes on (behind a pooler the
+            // release would commit it after the answer, the row locked till then).
+            idemq_core::db::commit_checkout(&self.pool, &mut conn).await?;
+            Ok::<_, sqlx::Error>(row)
+        };
         let (granted, ahead_us) = match tokio::time::timeout(LEASE_TIMEOUT, lease).await {
             Ok(Ok(row)) => (row.granted, row.ahead_us),
             Ok(Err(e)) => return self.failed(&e.to_string()),
