@@ -75,6 +75,13 @@ impl Report {
             .push((key.to_owned(), json!(v), format!("{v:.2} {unit}")));
     }
 
+    /// A duration in seconds, to the millisecond: a figure that others
+    /// divide by (the peer harness's jobs/s is requests ÷ `seconds`).
+    pub fn seconds(&mut self, key: &str, value: f64) {
+        let v = (value * 1000.0).round() / 1000.0;
+        self.results.push((key.to_owned(), json!(v), format!("{v:.3} s")));
+    }
+
     pub fn ratio(&mut self, key: &str, value: f64) {
         let v = (value * 1000.0).round() / 1000.0;
         self.results.push((key.to_owned(), json!(v), format!("{v:.3}")));
@@ -288,4 +295,19 @@ pub fn human_document(environment: &Value, reports: &[Report]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_keep_the_millisecond_that_a_rate_divides_by() {
+        let mut report = Report::new("payments");
+        report.seconds("seconds", 3.5374);
+        report.figure("rounded", 3.5374, "s");
+        assert_eq!(report.results[0].1, json!(3.537));
+        assert_eq!(report.results[0].2, "3.537 s");
+        assert_eq!(report.results[1].1, json!(3.5));
+    }
 }

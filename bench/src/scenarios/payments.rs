@@ -117,7 +117,7 @@ pub async fn run(
         ops,
         "operations/s (first request → every operation final)",
     );
-    report.figure("seconds", total, "s");
+    report.seconds("seconds", total);
     report.figure(
         "requests_per_s",
         args.requests as f64 / sent.as_secs_f64(),
