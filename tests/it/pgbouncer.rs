@@ -387,23 +387,33 @@ async fn what_a_request_wrote_through_pgbouncer_is_committed_before_its_answer()
         }
     };
 
-    // The first request of the principal leases from its fleet-wide budget.
-    slow_commits_of(&db, "rate_limit_budgets").await;
-    let answer = pay("inv-1", "key-1").await.unwrap();
-    assert_eq!(answer.status(), StatusCode::ACCEPTED, "{}", api.log());
-    assert_eq!(
-        count("SELECT count(*) FROM rate_limit_budgets").await,
-        1,
-        "the lease is committed when the answer arrives"
-    );
-
-    slow_commits_of(&db, "operations").await;
-    let answer = pay("inv-2", "key-2").await.unwrap();
-    assert_eq!(answer.status(), StatusCode::ACCEPTED, "{}", api.log());
-    assert_eq!(
-        count("SELECT count(*) FROM operations WHERE idempotency_key = 'key-2'").await,
-        1,
-        "the record is committed when the answer arrives"
-    );
+    // The first request of the principal leases from its fleet-wide budget;
+    // every request records its operation.
+    let steps = [
+        (
+            "rate_limit_budgets",
+            "inv-1",
+            "key-1",
+            "SELECT count(*) FROM rate_limit_budgets",
+            "the lease",
+        ),
+        (
+            "operations",
+            "inv-2",
+            "key-2",
+            "SELECT count(*) FROM operations WHERE idempotency_key = 'key-2'",
+            "the record",
+        ),
+    ];
+    for (table, invoice, key, written, what) in steps {
+        slow_commits_of(&db, table).await;
+        let answer = pay(invoice, key).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "{}", api.log());
+        assert_eq!(
+            count(written).await,
+            1,
+            "{what} is committed when the answer arrives"
+        );
+    }
     drop(api);
 }
