@@ -82,20 +82,18 @@ impl<T> Default for Kept<T> {
 
 impl<T> Kept<T> {
     /// The most recently kept connection, if it is fresh; the stale ones
-    /// are dropped (back to their pool).
+    /// are dropped (back to their pool), also when a fresh one is found: a
+    /// burst leaves many kept, and under light traffic after it only the
+    /// newest is ever taken again, so the older ones would otherwise sit
+    /// out of their pool (out of its idle count and its idle timeout) for
+    /// as long as that traffic lasts.
     pub fn take(&self) -> Option<T> {
         let (fresh, stale) = {
             let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match idle.pop() {
-                Some((conn, at)) if at.elapsed() < PING_IF_IDLE_FOR => (Some(conn), Vec::new()),
-                // The newest is stale: so are the older ones.
-                Some(newest) => {
-                    let mut stale = std::mem::take(&mut *idle);
-                    stale.push(newest);
-                    (None, stale)
-                }
-                None => (None, Vec::new()),
-            }
+            // Kept in order, oldest first: the stale ones are a prefix.
+            let stale_count = idle.partition_point(|(_, at)| at.elapsed() >= PING_IF_IDLE_FOR);
+            let stale: Vec<(T, Instant)> = idle.drain(..stale_count).collect();
+            (idle.pop().map(|(conn, _)| conn), stale)
         };
         // Outside the lock: a pool connection's drop starts its return.
         drop(stale);
@@ -105,8 +103,15 @@ impl<T> Kept<T> {
     /// Keeps `conn`: only one whose last statement ended without an error
     /// and outside a transaction.
     pub fn keep(&self, conn: T) {
+        self.keep_since(conn, Instant::now());
+    }
+
+    /// Keeps `conn` as if it had ended its work at `at`; `at` is never
+    /// earlier than that of a connection kept before (the order `take`
+    /// relies on).
+    fn keep_since(&self, conn: T, at: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.push((conn, Instant::now()));
+        idle.push((conn, at));
     }
 }
 
@@ -342,4 +347,60 @@ pub async fn migrations_current(pool: &PgPool) -> Result<bool, Error> {
         .fetch_one(pool)
         .await?;
     Ok(applied.unwrap_or(0) >= latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts its drops, as a pool counts the connections given back.
+    struct Conn<'a>(u32, &'a AtomicUsize);
+
+    impl Drop for Conn<'_> {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn take_gives_the_newest_fresh_connection_and_gives_the_stale_ones_back() {
+        let given_back = AtomicUsize::new(0);
+        let kept = Kept::default();
+        let long_ago = Instant::now()
+            .checked_sub(PING_IF_IDLE_FOR * 3)
+            .expect("a clock this old");
+        kept.keep_since(Conn(1, &given_back), long_ago);
+        kept.keep_since(Conn(2, &given_back), long_ago);
+        kept.keep(Conn(3, &given_back));
+        kept.keep(Conn(4, &given_back));
+
+        let newest = kept.take().expect("a fresh connection");
+        assert_eq!(newest.0, 4);
+        assert_eq!(
+            given_back.load(Ordering::SeqCst),
+            2,
+            "the two stale ones went back"
+        );
+        let next = kept.take().expect("the other fresh one");
+        assert_eq!(next.0, 3);
+        assert!(kept.take().is_none());
+        assert_eq!(given_back.load(Ordering::SeqCst), 2);
+        drop((newest, next));
+        assert_eq!(given_back.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn take_gives_nothing_when_every_kept_connection_is_stale() {
+        let given_back = AtomicUsize::new(0);
+        let kept = Kept::default();
+        let long_ago = Instant::now()
+            .checked_sub(PING_IF_IDLE_FOR * 2)
+            .expect("a clock this old");
+        kept.keep_since(Conn(1, &given_back), long_ago);
+        kept.keep_since(Conn(2, &given_back), long_ago);
+        assert!(kept.take().is_none());
+        assert_eq!(given_back.load(Ordering::SeqCst), 2);
+    }
 }
