@@ -196,15 +196,21 @@ async fn finished_ticks(db: &TestDb, duty: &str) -> i64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_through_pgbouncer_in_transaction_mode_are_paid_once_and_answered() {
-    const INVOICES: usize = 40;
+/// A fresh database, PgBouncer in front of it, the pooled URL, and a token.
+async fn bounced_db() -> (TestDb, Bouncer, String, String) {
     let db = fresh_db().await;
     let bouncer = Bouncer::start(&db.url).await;
     let pooled = bouncer.url(&db.url);
     let (_, token) = idemq_core::principal::create_token(&db.pool, "bouncer-tester")
         .await
         .unwrap();
+    (db, bouncer, pooled, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_through_pgbouncer_in_transaction_mode_are_paid_once_and_answered() {
+    const INVOICES: usize = 40;
+    let (db, bouncer, pooled, token) = bounced_db().await;
     for i in 0..INVOICES {
         sqlx::query("INSERT INTO invoices (id, amount_cents) VALUES ($1, 5000)")
             .bind(format!("inv-{i}"))
@@ -350,12 +356,7 @@ async fn slow_commits_of(db: &TestDb, table: &str) {
 /// before its answer leaves, not by the pool's release after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_request_wrote_through_pgbouncer_is_committed_before_its_answer() {
-    let db = fresh_db().await;
-    let bouncer = Bouncer::start(&db.url).await;
-    let pooled = bouncer.url(&db.url);
-    let (_, token) = idemq_core::principal::create_token(&db.pool, "bouncer-tester")
-        .await
-        .unwrap();
+    let (db, _bouncer, pooled, token) = bounced_db().await;
     sqlx::query("INSERT INTO invoices (id, amount_cents) VALUES ('inv-1', 5000), ('inv-2', 5000)")
         .execute(&db.pool)
         .await
