@@ -103,12 +103,15 @@ impl<T> Kept<T> {
     /// Keeps `conn`: only one whose last statement ended without an error
     /// and outside a transaction.
     pub fn keep(&self, conn: T) {
-        self.keep_since(conn, Instant::now());
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Stamped under the lock, so the list stays oldest first (`take`
+        // relies on it) however many tasks keep at once.
+        idle.push((conn, Instant::now()));
     }
 
-    /// Keeps `conn` as if it had ended its work at `at`; `at` is never
-    /// earlier than that of a connection kept before (the order `take`
-    /// relies on).
+    /// For tests: keeps `conn` as if it had ended its work at `at`, which
+    /// must not be later than anything kept after it.
+    #[cfg(test)]
     fn keep_since(&self, conn: T, at: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         idle.push((conn, at));
