@@ -129,6 +129,13 @@ async fn drain_latency_replay_limited_cleanup() {
         s["results"]["send_to_final_ms"]["p50"].as_f64().unwrap() > 0.0,
         "{s:#}"
     );
+    // The warm-up second (20 requests) is reported apart from the measured
+    // one, and the slowest measured requests are traced through the tables.
+    assert_eq!(s["results"]["warmup_send_to_final_ms"]["count"], 20, "{s:#}");
+    assert_eq!(s["results"]["send_to_final_ms"]["count"], 20, "{s:#}");
+    let slowest = &s["results"]["slowest_stages_ms"];
+    assert!(slowest["requests"].as_i64().unwrap() >= 1, "{s:#}");
+    assert!(slowest["to_answer_p50"].as_f64().unwrap() > 0.0, "{s:#}");
 
     let doc = bench(&["replay", "--operations", "20", "--clients", "2", "--seconds", "1"]).await;
     let s = scenario(&doc, "replay");

@@ -2,7 +2,7 @@
 //! answers do — each new mark-paid with `Prefer: wait=10`; the time from the
 //! request's scheduled send to its final answer (a 202 after the wait is
 //! followed by waiting polls of the operation).
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use serde_json::Value;
@@ -31,6 +31,10 @@ pub struct LatencyArgs {
     pub rate: u64,
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Seconds of the same load before the measured ones, reported on their
+    /// own: the fleet's first requests after it started.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -44,49 +48,59 @@ struct Outcome {
     polls: u32,
     send_lag: Duration,
     note: Option<String>,
+    invoice: u64,
 }
 
 pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut Report) -> anyhow::Result<()> {
     let n = args.rate * args.seconds;
+    // Invoices 1..=warm are the warm-up's, the next n the measured ones.
+    let warm = args.rate * args.warmup;
     report.param("rate", args.rate);
     report.param("seconds", args.seconds);
+    report.param("warmup", args.warmup);
     report.param("workers", args.workers);
-    seed_invoices(&db.pool, n).await?;
+    seed_invoices(&db.pool, warm + n).await?;
     let mut fleet = fleet(server, db, report);
     fleet.start_api(&[]).await?;
     fleet.start_workers(args.workers, &db.pool).await?;
     let client = http_client()?;
 
     progress(format!(
-        "latency: {} requests/s for {} s (open loop, Prefer: wait=10)",
-        args.rate, args.seconds
+        "latency: {} requests/s for {} s after {} s of warm-up (open loop, Prefer: wait=10)",
+        args.rate, args.seconds, args.warmup
     ));
     let probe = CpuProbe::new(fleet.api_pid(), fleet.worker_pids(), &db.pool).await;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let send = |first: u64, count: u64, start: Instant| {
+        let (client, api, token) = (client.clone(), fleet.api_url.clone(), db.token.clone());
+        open_loop(client, api, token, interval, first, count, start)
+    };
+    // The warm-up first, on its own: the counters below need a quiet moment.
+    let warmup = send(1, warm, Instant::now()).await?;
     let db_before = DbSnapshot::take(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
+    // The database's clocks are wall clocks: `stages` and `slowest` put the
+    // measured requests' schedule on the same axis.
     let t0 = Instant::now() + Duration::from_millis(20);
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let scheduled = t0 + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let (client, api, token) = (client.clone(), fleet.api_url.clone(), db.token.clone());
-        tasks.spawn(async move { one(&client, &api, &token, i + 1, scheduled).await });
-    }
+    let wall_t0 = SystemTime::now() + t0.saturating_duration_since(Instant::now());
+    let measured = send(warm + 1, n, t0).await?;
     let mut samples = Samples::default();
+    let mut timeline = Vec::with_capacity(n as usize);
     let (mut polled, mut bad, mut first_bad, mut max_lag) = (0u64, 0u64, None, Duration::ZERO);
-    while let Some(o) = tasks.join_next().await {
-        let o = o?;
+    for o in &measured {
         samples.record(o.latency);
+        timeline.push((o.invoice, o.latency));
         max_lag = max_lag.max(o.send_lag);
         if o.polls > 0 {
             polled += 1;
         }
+    }
+    for o in warmup.iter().chain(&measured) {
         if o.status != 200 {
             bad += 1;
             if first_bad.is_none() {
-                first_bad = o.note;
+                first_bad = o.note.clone();
             }
         }
     }
@@ -100,7 +114,14 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
 
     let l = samples.summary();
     report.latency("send_to_final_ms", &l);
-    stages(db, report).await?;
+    if !warmup.is_empty() {
+        let mut w = Samples::default();
+        warmup.iter().for_each(|o| w.record(o.latency));
+        report.latency("warmup_send_to_final_ms", &w.summary());
+    }
+    stages(db, report, wall_t0).await?;
+    pauses(db, report, wall_t0).await?;
+    slowest(db, report, wall_t0, interval, warm, &timeline).await?;
     report.figure(
         "achieved_rate",
         n as f64 / elapsed.as_secs_f64(),
@@ -124,13 +145,39 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
         "every request answered 200 (paid)",
         bad == 0,
         format!(
-            "{bad} of {n} not 200{}",
+            "{bad} of {} not 200{}",
+            warm + n,
             first_bad.map(|b| format!("; first: {b}")).unwrap_or_default()
         ),
     );
-    check_payments(&db.pool, report, Some(n as i64)).await?;
+    check_payments(&db.pool, report, Some((warm + n) as i64)).await?;
     fleet.shutdown().await;
     Ok(())
+}
+
+/// Sends invoices `first..first + count` at `interval` from `start`, each
+/// on its own task whatever the answers do, and waits for every outcome.
+async fn open_loop(
+    client: reqwest::Client,
+    api: String,
+    token: String,
+    interval: Duration,
+    first: u64,
+    count: u64,
+    start: Instant,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (client, api, token) = (client.clone(), api.clone(), token.clone());
+        tasks.spawn(async move { one(&client, &api, &token, first + i, scheduled).await });
+    }
+    let mut outcomes = Vec::with_capacity(count as usize);
+    while let Some(o) = tasks.join_next().await {
+        outcomes.push(o?);
+    }
+    Ok(outcomes)
 }
 
 async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, scheduled: Instant) -> Outcome {
@@ -143,6 +190,7 @@ async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, sch
         polls,
         send_lag,
         note: Some(note),
+        invoice,
     };
     let r = match mark_paid(client, api, token, &name, &key)
         .header("prefer", "wait=10")
@@ -161,6 +209,7 @@ async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, sch
             polls: 0,
             send_lag,
             note: Some(format!("{status}: {}", truncate(&body))),
+            invoice,
         };
     }
     // Not final within the wait: poll the operation (each poll waits too).
@@ -188,17 +237,23 @@ async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, sch
                 polls,
                 send_lag,
                 note: Some(format!("operation {id}: {}", truncate(&op.to_string()))),
+                invoice,
             };
         }
     }
     fail(format!("operation {id} not final after 60 s"), 6)
 }
 
-/// Where the time went, from the database's clocks: the request's commit
-/// (`operations.created_at`) to the job's fetch or start (`apalis.jobs.lock_at`),
-/// to the effect's commit (`finished_at`). The rest of a client's latency is
-/// the API before its commit and the wake-up of the waiting request after.
-async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
+/// Where the measured requests' time went, from the database's clocks: the
+/// record's transaction (`operations.created_at`) to the job's fetch
+/// (`apalis.jobs.lock_at`), to the job's transaction (`finished_at` is its
+/// `now()`). The rest of a client's latency is the API before its record,
+/// the job's statements and commit, and the wake-up of the waiting request.
+async fn stages(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow::Result<()> {
+    let t0 = wall_t0
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     type Row = (
         Option<f64>,
         Option<f64>,
@@ -213,7 +268,7 @@ async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
                     extract(epoch FROM o.finished_at - j.lock_at) * 1000 AS running,
                     extract(epoch FROM o.finished_at - o.created_at) * 1000 AS total
              FROM operations o JOIN apalis.jobs j ON j.id = o.job_id
-             WHERE o.finished_at IS NOT NULL)
+             WHERE o.finished_at IS NOT NULL AND o.created_at >= to_timestamp($1))
          SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY queued)::float8,
                 percentile_disc(0.99) WITHIN GROUP (ORDER BY queued)::float8,
                 percentile_disc(0.5) WITHIN GROUP (ORDER BY running)::float8,
@@ -222,6 +277,7 @@ async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
                 percentile_disc(0.99) WITHIN GROUP (ORDER BY total)::float8
          FROM s",
     )
+    .bind(t0)
     .fetch_one(&db.pool)
     .await?;
     let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into());
@@ -233,23 +289,124 @@ async fn stages(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
             "commit_to_finished_p50": row.4, "commit_to_finished_p99": row.5,
         }),
         format!(
-            "request commit → job taken (lock_at) p50 {} p99 {} | taken → effect committed p50 {} p99 {} | both p50 {} p99 {} ms",
+            "record → job taken (lock_at) p50 {} p99 {} | taken → job transaction starts p50 {} p99 {} | record → job starts p50 {} p99 {} ms",
             f(row.0), f(row.1), f(row.2), f(row.3), f(row.4), f(row.5)
         ),
     ));
-    pauses(db, report).await
+    Ok(())
 }
 
-/// The longest pauses with no effect committed anywhere in the fleet while
-/// requests kept being recorded: a stall that every operation in flight
-/// shares (a slow WAL flush of the disk, the machine's scheduler) shows
-/// here as one long gap, a slow worker or a queue in idemq does not.
-async fn pauses(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
+/// Where the slowest requests' time went (those at or above the p99), each
+/// request's stages from its own clocks: scheduled send → the record's
+/// transaction starts (`operations.created_at`: the HTTP request, auth, the
+/// API's wait for a connection) → the job is fetched (`lock_at`: the
+/// record's commit, its notice, the worker's wake-up and fetch) → the job's
+/// transaction starts (`finished_at` is its `now()`: a free slot, the
+/// connection) → the answer is read (the job's statements and commit, the
+/// notice to the waiting request, its read-back and the response). And how
+/// many distinct 100 ms windows of the schedule they fall in: a few
+/// windows mean a stall shared by everything in flight, many mean
+/// requests slow on their own.
+async fn slowest(
+    db: &RunDb,
+    report: &mut Report,
+    wall_t0: SystemTime,
+    interval: Duration,
+    warm: u64,
+    timeline: &[(u64, Duration)],
+) -> anyhow::Result<()> {
+    let t0 = wall_t0
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    // The slowest 1 % by rank (at least one): the p99 and above.
+    let mut slow: Vec<_> = timeline.iter().collect();
+    slow.sort_unstable_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+    slow.truncate(timeline.len().div_ceil(100).max(1));
+    let keys: Vec<String> = slow.iter().map(|(i, _)| format!("lat-{i}")).collect();
+    // Scheduled send, epoch seconds: invoice warm + 1 was sent at t0.
+    let sent: Vec<f64> = slow
+        .iter()
+        .map(|(i, _)| t0 + interval.as_secs_f64() * (*i - warm - 1) as f64)
+        .collect();
+    let answered: Vec<f64> = slow
+        .iter()
+        .zip(&sent)
+        .map(|((_, l), s)| s + l.as_secs_f64())
+        .collect();
+    type Row = (
+        i64,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        i64,
+        Option<String>,
+        Vec<i64>,
+    );
+    let row: Row = sqlx::query_as(
+        "WITH c AS (SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[]) AS c(key, sent, answered)),
+         s AS (
+             SELECT (extract(epoch FROM o.created_at) - c.sent) * 1000 AS to_record,
+                    extract(epoch FROM j.lock_at - o.created_at) * 1000 AS to_fetch,
+                    extract(epoch FROM o.finished_at - j.lock_at) * 1000 AS to_open,
+                    (c.answered - extract(epoch FROM o.finished_at)) * 1000 AS to_answer,
+                    (c.answered - c.sent) * 1000 AS total,
+                    floor((c.sent - $4) * 10) / 10 AS win
+             FROM c JOIN operations o ON o.idempotency_key = c.key
+                    JOIN apalis.jobs j ON j.id = o.job_id
+             WHERE o.finished_at IS NOT NULL)
+         SELECT count(*),
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY to_record)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY to_fetch)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY to_open)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY to_answer)::float8,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY total)::float8,
+                count(DISTINCT win),
+                (SELECT string_agg(format('%s s: %s', w, n), ', ' ORDER BY w)
+                 FROM (SELECT win AS w, count(*) AS n FROM s GROUP BY win) g),
+                ARRAY[count(*) FILTER (WHERE to_record = m), count(*) FILTER (WHERE to_fetch = m),
+                      count(*) FILTER (WHERE to_open = m), count(*) FILTER (WHERE to_answer = m)]
+         FROM (SELECT *, greatest(to_record, to_fetch, to_open, to_answer) AS m FROM s) s",
+    )
+    .bind(&keys)
+    .bind(&sent)
+    .bind(&answered)
+    .bind(t0)
+    .fetch_one(&db.pool)
+    .await?;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into());
+    report.results.push((
+        "slowest_stages_ms".into(),
+        serde_json::json!({
+            "requests": row.0, "to_record_p50": row.1, "to_fetch_p50": row.2,
+            "to_open_p50": row.3, "to_answer_p50": row.4, "total_p50": row.5,
+            "windows_100ms": row.6, "windows": row.7, "longest_stage_counts": row.8,
+        }),
+        format!(
+            "the {} requests ≥ p99, medians: send → record starts {} | → job fetched {} | → job opens {} | → answered {} | total {} ms; in {} windows of 100 ms ({}); longest stage (record, fetched, opens, answered): {:?}",
+            row.0, f(row.1), f(row.2), f(row.3), f(row.4), f(row.5), row.6, row.7.unwrap_or_default(), row.8
+        ),
+    ));
+    Ok(())
+}
+
+/// The longest pauses in the measured seconds with no job's transaction
+/// started anywhere in the fleet (`finished_at`) while requests kept being
+/// recorded: a stall that every operation in flight shares (a slow WAL
+/// flush of the disk, the machine's scheduler) shows here as one long gap,
+/// a slow worker or a queue in idemq does not.
+async fn pauses(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow::Result<()> {
+    let t0 = wall_t0
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let rows: Vec<(f64, f64, i64)> = sqlx::query_as(
         "WITH f AS (
              SELECT finished_at, lag(finished_at) OVER (ORDER BY finished_at) AS prev
-             FROM operations WHERE finished_at IS NOT NULL
-         ), t0 AS (SELECT min(created_at) AS t0 FROM operations)
+             FROM operations WHERE finished_at IS NOT NULL AND created_at >= to_timestamp($1)
+         ), t0 AS (SELECT to_timestamp($1) AS t0)
          SELECT (extract(epoch FROM f.finished_at - f.prev) * 1000)::float8,
                 extract(epoch FROM f.prev - t0.t0)::float8,
                 (SELECT count(*) FROM operations o
@@ -257,6 +414,7 @@ async fn pauses(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
          FROM f, t0 WHERE f.prev IS NOT NULL
          ORDER BY f.finished_at - f.prev DESC LIMIT 3",
     )
+    .bind(t0)
     .fetch_all(&db.pool)
     .await?;
     let text = rows
@@ -270,7 +428,7 @@ async fn pauses(db: &RunDb, report: &mut Report) -> anyhow::Result<()> {
             .iter()
             .map(|(gap, at, recorded)| serde_json::json!({"ms": gap, "at_s": at, "recorded": recorded}))
             .collect::<Vec<_>>()),
-        format!("no effect committed for {text}"),
+        format!("no job transaction started for {text}"),
     ));
     Ok(())
 }
