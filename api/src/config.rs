@@ -8,6 +8,9 @@ use idemq_core::settings::parse_bool;
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:3000";
 pub const DEFAULT_OPS_ADDR: &str = "127.0.0.1:3001";
 pub const DEFAULT_BODY_LIMIT_BYTES: &str = "65536";
+/// About the requests one API process has in the database at once at a few
+/// hundred a second.
+pub const DEFAULT_API_WARM_CONNECTIONS: &str = "8";
 /// Connections in an API process's pool unless `IDEMQ_DB_MAX_CONNECTIONS` says otherwise.
 pub const DEFAULT_API_POOL: u32 = 20;
 pub const DEFAULT_RATE_LIMIT_SENSITIVE: &str = "10/min";
@@ -113,6 +116,10 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes; larger → 413.
     #[arg(long, env = "IDEMQ_BODY_LIMIT_BYTES", value_name = "IDEMQ_BODY_LIMIT_BYTES", default_value = DEFAULT_BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
+    /// Connections opened and warmed (a payment rehearsed on each, rolled
+    /// back: `idemq_core::warmup`) before the API takes requests; 0: none.
+    #[arg(long, env = "IDEMQ_API_WARM_CONNECTIONS", value_name = "IDEMQ_API_WARM_CONNECTIONS", default_value = DEFAULT_API_WARM_CONNECTIONS)]
+    pub api_warm_connections: u32,
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ pub fn connect_async_commit(pool: &PgPool, max_connections: u32) -> PgPool {
 const ASYNC_CHECKOUT_BEGIN: &str =
     "BEGIN; SET LOCAL client_min_messages = error; SET LOCAL synchronous_commit = off";
 
-fn is_pooled(pool: &PgPool) -> bool {
+pub(crate) fn is_pooled(pool: &PgPool) -> bool {
     let key = pool_key(pool);
     SESSION_POOLS
         .lock()

@@ -178,13 +178,17 @@ pub async fn watch(
 }
 
 /// An operation of this principal (another principal's id is not found).
-pub async fn find(pool: &PgPool, principal: &Principal, id: OperationId) -> Result<Option<Operation>, Error> {
+pub async fn find<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    principal: &Principal,
+    id: OperationId,
+) -> Result<Option<Operation>, Error> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM operations WHERE id = $1 AND principal_id = $2"
     )))
     .bind(id.uuid())
     .bind(principal.id())
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 

@@ -461,6 +461,28 @@ fn body<T: DeserializeOwned>(actor: Actor, request: &Value) -> Result<T, Error> 
         .map_err(|e| Error::Corrupt(format!("stored body of {}: {e}", actor.operation)))
 }
 
+/// A job's statements for `op` (recorded in the caller's transaction, which
+/// the caller rolls back): its lock, its effect, its finish. For
+/// [`crate::warmup`]: the same statements as an attempt's, so that they are
+/// prepared and planned on this connection before a real job needs them.
+pub(crate) async fn rehearse(conn: &mut PgConnection, op: OperationId, ttl: Duration) -> Result<(), Error> {
+    let lock = LOCK_OPERATION.replace("{op}", &format!("'{}'::uuid", op.uuid()));
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::Corrupt(format!("rehearsal: operation {op} not found")))?;
+    let kind: String = row.try_get("kind")?;
+    let kind = OperationKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("kind {kind}")))?;
+    let actor = Actor {
+        operation: op,
+        principal: row.try_get("principal_id")?,
+    };
+    let request: Value = row.try_get("request")?;
+    let outcome = execute(conn, actor, kind, &request).await?;
+    finish(conn, op, &outcome, ttl, None, None).await?;
+    Ok(())
+}
+
 /// What `finish` wrote.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finished {

@@ -19,6 +19,7 @@ pub mod seed;
 pub mod settings;
 pub mod telemetry;
 pub mod text;
+pub mod warmup;
 
 pub use error::Error;
 

@@ -16,6 +16,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// One that exists only inside a rehearsal's transaction, which is
+    /// rolled back ([`crate::warmup`]).
+    pub(crate) fn rehearsal(id: Uuid, name: &str) -> Principal {
+        Principal {
+            id,
+            name: name.into(),
+        }
+    }
+
     pub fn id(&self) -> Uuid {
         self.id
     }
@@ -95,13 +104,16 @@ pub async fn revoke(pool: &PgPool, which: &str) -> Result<Vec<Uuid>, Error> {
 }
 
 /// The principal owning an unrevoked token, if any.
-pub async fn authenticate(pool: &PgPool, hash: &TokenHash) -> Result<Option<Principal>, Error> {
+pub async fn authenticate<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    hash: &TokenHash,
+) -> Result<Option<Principal>, Error> {
     let row = sqlx::query!(
         "SELECT p.id, p.name FROM api_tokens t JOIN principals p ON p.id = t.principal_id
          WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL",
         &hash.0[..],
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     Ok(row.map(|row| Principal {
         id: row.id,

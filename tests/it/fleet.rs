@@ -217,7 +217,11 @@ async fn a_job_that_kills_its_worker_every_time_stops_at_the_attempt_bound() {
     let app = spawn_app().await;
     app.insert_invoice("inv-killer").await;
     invoice_trigger(&app.db.pool, "PERFORM pg_sleep(60);").await;
-    let env = [("IDEMQ_JOB_MAX_ATTEMPTS", "3")];
+    // No warm-up: its rehearsed payment would run the trigger too.
+    let env = [
+        ("IDEMQ_JOB_MAX_ATTEMPTS", "3"),
+        ("IDEMQ_WORKER_WARM_CONNECTIONS", "0"),
+    ];
     let op = submit(&app, "inv-killer", "k-killer").await;
 
     let mut worker = spawn_worker(&app.db.url, &env);
@@ -658,7 +662,14 @@ async fn a_poison_job_stops_at_the_bound_with_a_stored_500_that_replays_and_no_h
         "PERFORM nextval('poison_runs'); RAISE EXCEPTION 'injected infrastructure fault';",
     )
     .await;
-    let _worker = spawn_worker(&app.db.url, &[("IDEMQ_JOB_MAX_ATTEMPTS", "3")]);
+    // No warm-up: its rehearsed payment would count in `poison_runs` too.
+    let _worker = spawn_worker(
+        &app.db.url,
+        &[
+            ("IDEMQ_JOB_MAX_ATTEMPTS", "3"),
+            ("IDEMQ_WORKER_WARM_CONNECTIONS", "0"),
+        ],
+    );
 
     let op = submit(&app, "inv-poison", "k-poison").await;
     let done = app.await_final(&op).await;

@@ -134,6 +134,8 @@ pub async fn fresh_db() -> TestDb {
 pub fn test_worker_config() -> WorkerConfig {
     WorkerConfig {
         worker_concurrency: 4,
+        // Off: tests/it/warmup.rs is about it.
+        worker_warm_connections: 0,
         worker_lease: Duration::from_secs(2),
         job_max_attempts: 8,
         job_timeout: Duration::from_secs(10),
@@ -167,6 +169,8 @@ pub fn test_api_config() -> ApiConfig {
         rate_limit_read: idemq_api::config::RateSpec::parse("1200/min").unwrap(),
         rate_limit_scope: idemq_api::config::RateLimitScope::Fleet,
         trust_proxy: false,
+        // Off: tests/it/warmup.rs is about it.
+        api_warm_connections: 0,
     }
 }
 

@@ -35,3 +35,4 @@ mod read_models;
 mod revocation;
 mod schemathesis;
 mod wakeups;
+mod warmup;

@@ -9,6 +9,8 @@ pub const DEFAULT_WORKER_LEASE: &str = "10s";
 pub const DEFAULT_JOB_TIMEOUT: &str = "30s";
 pub const DEFAULT_JOB_MAX_ATTEMPTS: &str = "8";
 pub const DEFAULT_WORKER_CONCURRENCY: &str = "4";
+/// One queue's job slots at the default concurrency.
+pub const DEFAULT_WORKER_WARM_CONNECTIONS: &str = "4";
 pub const DEFAULT_QUEUE_BATCH_SIZE: &str = "50";
 pub const DEFAULT_QUEUE_POLL_INTERVAL: &str = "500ms";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
@@ -32,6 +34,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "IDEMQ_WORKER_CONCURRENCY", value_name = "IDEMQ_WORKER_CONCURRENCY", default_value = DEFAULT_WORKER_CONCURRENCY,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
+    /// Connections opened and warmed (a payment rehearsed on each, rolled
+    /// back: `idemq_core::warmup`) before the worker takes jobs; 0: none.
+    #[arg(long, env = "IDEMQ_WORKER_WARM_CONNECTIONS", value_name = "IDEMQ_WORKER_WARM_CONNECTIONS", default_value = DEFAULT_WORKER_WARM_CONNECTIONS)]
+    pub worker_warm_connections: u32,
     /// A worker silent for this long is dead; its jobs go to the others.
     #[arg(long, env = "IDEMQ_WORKER_LEASE", value_name = "IDEMQ_WORKER_LEASE", default_value = DEFAULT_WORKER_LEASE, value_parser = parse_lease)]
     pub worker_lease: Duration,
@@ -95,6 +101,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             worker_concurrency: 4,
+            worker_warm_connections: 4,
             worker_lease: Duration::from_secs(10),
             job_max_attempts: 8,
             job_timeout: Duration::from_secs(30),

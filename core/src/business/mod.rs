@@ -123,5 +123,8 @@ impl Audit {
 /// `idemq_lock_wait_seconds{kind}`: time spent acquiring the business row
 /// lock (the locking statement's duration).
 pub(crate) fn record_lock_wait(kind: &'static str, started: std::time::Instant) {
+    if crate::warmup::rehearsing() {
+        return;
+    }
     metrics::histogram!(crate::telemetry::LOCK_WAIT, "kind" => kind).record(started.elapsed().as_secs_f64());
 }
