@@ -244,16 +244,23 @@ async fn one(client: &reqwest::Client, api: &str, token: &str, invoice: u64, sch
     fail(format!("operation {id} not final after 60 s"), 6)
 }
 
+/// `at` as the database's `extract(epoch …)` gives it.
+fn epoch_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// Milliseconds for a report line (`?`: none).
+fn one_decimal(ms: Option<f64>) -> String {
+    ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into())
+}
+
 /// Where the measured requests' time went, from the database's clocks: the
 /// record's transaction (`operations.created_at`) to the job's fetch
 /// (`apalis.jobs.lock_at`), to the job's transaction (`finished_at` is its
 /// `now()`). The rest of a client's latency is the API before its record,
 /// the job's statements and commit, and the wake-up of the waiting request.
 async fn stages(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow::Result<()> {
-    let t0 = wall_t0
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let t0 = epoch_seconds(wall_t0);
     type Row = (
         Option<f64>,
         Option<f64>,
@@ -280,7 +287,7 @@ async fn stages(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow:
     .bind(t0)
     .fetch_one(&db.pool)
     .await?;
-    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into());
+    let f = one_decimal;
     report.results.push((
         "stages_ms".into(),
         serde_json::json!({
@@ -315,10 +322,7 @@ async fn slowest(
     warm: u64,
     timeline: &[(u64, Duration)],
 ) -> anyhow::Result<()> {
-    let t0 = wall_t0
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let t0 = epoch_seconds(wall_t0);
     // The slowest 1 % by rank (at least one): the p99 and above.
     let mut slow: Vec<_> = timeline.iter().collect();
     slow.sort_unstable_by_key(|(_, latency)| std::cmp::Reverse(*latency));
@@ -376,7 +380,7 @@ async fn slowest(
     .bind(t0)
     .fetch_one(&db.pool)
     .await?;
-    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into());
+    let f = one_decimal;
     report.results.push((
         "slowest_stages_ms".into(),
         serde_json::json!({
@@ -398,10 +402,7 @@ async fn slowest(
 /// flush of the disk, the machine's scheduler) shows here as one long gap,
 /// a slow worker or a queue in idemq does not.
 async fn pauses(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow::Result<()> {
-    let t0 = wall_t0
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let t0 = epoch_seconds(wall_t0);
     let rows: Vec<(f64, f64, i64)> = sqlx::query_as(
         "WITH f AS (
              SELECT finished_at, lag(finished_at) OVER (ORDER BY finished_at) AS prev
