@@ -89,9 +89,7 @@ pub async fn serve_api_with(
         }
         _ => None,
     };
-    if api.api_warm_connections > 0 {
-        idemq_core::warmup::warm(&pool, api.api_warm_connections).await;
-    }
+    idemq_core::warmup::warm(&pool, api.api_warm_connections).await;
     let state = AppState::new(pool, api);
     let served = match extra {
         None => crate::serve(listeners.api, state, shutdown.clone()).await,

@@ -33,9 +33,10 @@ use crate::{
 /// rehearses a payment on each, and gives them all back. Best effort: a
 /// failure is logged, and the process starts anyway (its connections then
 /// warm under load). Not behind a transaction-mode pooler: its server
-/// connections are shared, and our statements are not cached there.
+/// connections are shared, and our statements are not cached there. `0`:
+/// nothing (the setting's off).
 pub async fn warm(pool: &PgPool, connections: u32) {
-    if crate::db::is_pooled(pool) {
+    if connections == 0 || crate::db::is_pooled(pool) {
         return;
     }
     let connections = connections.min(pool.options().get_max_connections());

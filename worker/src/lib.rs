@@ -77,9 +77,7 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
             .stopping_on(shutdown.clone()),
     );
     supervise::warn_if_pool_too_small(&pool, &settings.config);
-    if settings.config.worker_warm_connections > 0 {
-        idemq_core::warmup::warm(&pool, settings.config.worker_warm_connections).await;
-    }
+    idemq_core::warmup::warm(&pool, settings.config.worker_warm_connections).await;
     let mut loops: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let notices = wake_strategy::JobNotices::spawn(pool.clone(), shutdown.clone());
     for queue_name in queue::ALL {
