@@ -36,6 +36,13 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ])
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        idemq_core::telemetry::RECORD_BATCH_SIZE.into(),
+                    ),
+                    &idemq_core::telemetry::RECORD_BATCH_BUCKETS,
+                )
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             idemq_core::telemetry::register_all();

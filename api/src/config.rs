@@ -11,6 +11,11 @@ pub const DEFAULT_BODY_LIMIT_BYTES: &str = "65536";
 /// About the requests one API process has in the database at once at a few
 /// hundred a second.
 pub const DEFAULT_API_WARM_CONNECTIONS: &str = "8";
+/// Record statements in flight at once; requests that arrive while all are
+/// busy are recorded together by the next (`record_batch`).
+pub const DEFAULT_RECORD_BATCHES: &str = "2";
+/// Requests one record statement takes at most.
+pub const DEFAULT_RECORD_BATCH_MAX: &str = "64";
 /// Connections in an API process's pool unless `IDEMQ_DB_MAX_CONNECTIONS` says otherwise.
 pub const DEFAULT_API_POOL: u32 = 20;
 pub const DEFAULT_RATE_LIMIT_SENSITIVE: &str = "10/min";
@@ -120,6 +125,14 @@ pub struct ApiConfig {
     /// back: `idemq_core::warmup`) before the API takes requests; 0: none.
     #[arg(long, env = "IDEMQ_API_WARM_CONNECTIONS", value_name = "IDEMQ_API_WARM_CONNECTIONS", default_value = DEFAULT_API_WARM_CONNECTIONS)]
     pub api_warm_connections: u32,
+    /// Record statements in flight at once (group commit: requests that
+    /// arrive while all are busy share the next one's commit); 0: each
+    /// request records on its own.
+    #[arg(long, env = "IDEMQ_API_RECORD_BATCHES", value_name = "IDEMQ_API_RECORD_BATCHES", default_value = DEFAULT_RECORD_BATCHES)]
+    pub record_batches: usize,
+    /// Requests one record statement takes at most (1–1000).
+    #[arg(long, env = "IDEMQ_API_RECORD_BATCH_MAX", value_name = "IDEMQ_API_RECORD_BATCH_MAX", default_value = DEFAULT_RECORD_BATCH_MAX, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub record_batch_max: u16,
 }
 
 #[cfg(test)]

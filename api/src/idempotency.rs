@@ -9,7 +9,7 @@ use axum::{
 };
 use idemq_core::{
     fingerprint::Fingerprint,
-    idempotency::{self, NewOperation, NextAction},
+    idempotency::{self, NextAction},
     key::IdempotencyKey,
     operation::{Operation, OperationId, OperationKind},
     principal::Principal,
@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::ApiError,
+    record_batch::NewRecord,
     waiters::{Registration, MAX_WAIT},
     AppState,
 };
@@ -127,23 +128,34 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
     let id = OperationId::new();
     // A waiting request listens before its operation exists (see `Waiters::expect`).
     let expected = wait.map(|_| state.waiters.expect(id));
-    let mut conn = state.records.acquire().await?;
-    let next = idempotency::begin_on(
-        &mut conn,
-        NewOperation {
+    let batched = state
+        .record_batch
+        .record(NewRecord {
             id,
             announce_finish: wait.is_some(),
-            principal,
-            key: &key,
+            principal: principal.clone(),
+            key,
             fingerprint,
             kind: submission.kind,
-            request: &request,
-        },
-    )
-    .await?;
-    // Committed before the answer (behind a pooler, here), and the
-    // connection kept for the next request.
-    state.records.done(conn).await?;
+            request,
+        })
+        .await?;
+    let next = match batched {
+        (_, Some(next)) => next,
+        (record, None) => {
+            let mut conn = state.records.acquire().await?;
+            let next = match idempotency::begin_on(&mut conn, record.as_new()).await? {
+                // This very request, recorded by a batch that then reported
+                // a failure: it is still this request's start.
+                NextAction::Existing(op) if op.id == record.id => NextAction::Started(op),
+                next => next,
+            };
+            // Committed before the answer (behind a pooler, here), and the
+            // connection kept for the next request.
+            state.records.done(conn).await?;
+            next
+        }
+    };
     match next {
         NextAction::Started(op) => {
             state.notifier.job_pushed(op.kind.queue(), &op.job_id);

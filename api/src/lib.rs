@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod process;
 pub mod rate_limit;
+pub mod record_batch;
 pub mod routes;
 pub mod schemas;
 pub mod views;
@@ -55,6 +56,8 @@ pub struct SharedState {
     /// `pool`, with the connections of records just made kept for the next
     /// request (`idemq_core::db::KeptPool`).
     pub records: KeptPool,
+    /// Group commit of new records (`record_batch`).
+    pub record_batch: record_batch::RecordBatcher,
     pub tokens: Arc<TokenCache>,
     pub waiters: Waiters,
     /// Wakes the workers after a job's commit (see `idemq_core::notifier`).
@@ -80,12 +83,18 @@ impl AppState {
                 (config.rate_limit_scope == RateLimitScope::Fleet).then(|| pool.clone()),
             )
         });
+        let records = KeptPool::new(pool.clone());
         let tokens = Arc::<TokenCache>::default();
         tokens.spawn_revocation_listener(pool.clone());
         AppState(Arc::new(SharedState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),
-            records: KeptPool::new(pool.clone()),
+            records: records.clone(),
+            record_batch: record_batch::RecordBatcher::spawn(
+                records,
+                config.record_batches,
+                config.record_batch_max.into(),
+            ),
             pool,
             tokens,
             waiters,
@@ -114,7 +123,8 @@ impl AppState {
 /// 5. fingerprint: `idempotency::submit`, over method, route, path
 ///    parameters and body;
 /// 6. record: `submit` records the operation and its job in one transaction
-///    (`idemq_core::idempotency::begin`);
+///    (`idemq_core::idempotency::record_batch`, with the records of requests
+///    that waited beside it: `record_batch`; else `idempotency::begin`);
 /// 7. answer: `idempotency::answer` (202 with `views::OperationView`, or the
 ///    stored response).
 ///

@@ -127,6 +127,143 @@ pub async fn begin_on(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<
     )))
 }
 
+/// Records several requests' operations, each with its job, in one
+/// statement and one commit: the request path's group commit
+/// (`api::record_batch`). Each request is still recorded with its job in
+/// one transaction, both or neither; the transaction is shared.
+///
+/// Returns, for each of `new` in order, what [`begin_on`] would have:
+/// `Started` if this statement inserted it, `Existing` or `KeyReused` if its
+/// key was taken before the statement began (a repeat). `None` leaves the
+/// rest to [`begin_on`], one by one: a key under an expired record, one
+/// taken by a request not yet committed, a key twice in the batch.
+///
+/// The rows are inserted in the order of their keys, so two batches that
+/// share keys wait on each other in one order and cannot deadlock.
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    new: &[NewOperation<'_>],
+) -> Result<Vec<Option<NextAction>>, Error> {
+    use sqlx::{FromRow, Row};
+    let n = new.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (new[i].principal.id(), new[i].key.as_str()));
+    let mut columns = BatchColumns::with_capacity(n);
+    for &i in &order {
+        columns.push(&new[i])?;
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[],
+                                 $7::text[], $8::text[], $9::bytea[], $11::bool[])
+                AS t(id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id, job, notify_on_finish)
+         ), op AS (
+            INSERT INTO operations
+                (id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id, notify_on_finish)
+            SELECT id, principal_id, idempotency_key, fingerprint, kind, request, queue, job_id, notify_on_finish
+            FROM input
+            ON CONFLICT (principal_id, idempotency_key) DO NOTHING
+            RETURNING {COLUMNS}
+         ), job AS (
+            INSERT INTO apalis.jobs
+                (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+            SELECT input.job_id, input.queue, input.job, 'Pending', 0, $10, now(), 0, ''::hstore, NULL
+            FROM op JOIN input ON input.id = op.id
+         )
+         SELECT {COLUMNS}, true AS inserted, false AS expired FROM op
+         UNION ALL
+         SELECT {COLUMNS}, false, expired FROM (
+            SELECT o.*, coalesce(o.expires_at <= now(), false) AS expired
+            FROM input i JOIN operations o
+              ON o.principal_id = i.principal_id AND o.idempotency_key = i.idempotency_key
+            WHERE NOT EXISTS (SELECT 1 FROM op
+                              WHERE op.principal_id = i.principal_id AND op.idempotency_key = i.idempotency_key)
+         ) found"
+    )))
+    .bind(&columns.ids)
+    .bind(&columns.principals)
+    .bind(&columns.keys)
+    .bind(&columns.fingerprints)
+    .bind(&columns.kinds)
+    .bind(&columns.requests)
+    .bind(&columns.queues)
+    .bind(&columns.job_ids)
+    .bind(&columns.jobs)
+    .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+    .bind(&columns.announce)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: Vec<Option<NextAction>> = (0..n).map(|_| None).collect();
+    for row in &rows {
+        let op = Operation::from_row(row)?;
+        if row.try_get::<bool, _>("inserted")? {
+            if let Some(i) = new.iter().position(|o| o.id == op.id) {
+                out[i] = Some(NextAction::Started(op));
+            }
+            continue;
+        }
+        if row.try_get::<bool, _>("expired")? {
+            continue;
+        }
+        // A key twice in the batch is found twice only if it was taken before.
+        for (i, o) in new.iter().enumerate() {
+            if out[i].is_none() && o.principal.id() == op.principal_id && o.key.as_str() == op.key {
+                out[i] = Some(if op.fingerprint == o.fingerprint {
+                    NextAction::Existing(op.clone())
+                } else {
+                    NextAction::KeyReused(op.clone())
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A batch as one array per column, for `unnest`.
+struct BatchColumns<'a> {
+    ids: Vec<uuid::Uuid>,
+    principals: Vec<uuid::Uuid>,
+    keys: Vec<&'a str>,
+    fingerprints: Vec<&'a [u8]>,
+    kinds: Vec<&'static str>,
+    requests: Vec<&'a Value>,
+    queues: Vec<&'static str>,
+    job_ids: Vec<String>,
+    jobs: Vec<Vec<u8>>,
+    announce: Vec<bool>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        BatchColumns {
+            ids: Vec::with_capacity(n),
+            principals: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            fingerprints: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            requests: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            job_ids: Vec::with_capacity(n),
+            jobs: Vec::with_capacity(n),
+            announce: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, op: &'a NewOperation<'a>) -> Result<(), Error> {
+        self.ids.push(op.id.uuid());
+        self.principals.push(op.principal.id());
+        self.keys.push(op.key.as_str());
+        self.fingerprints.push(&op.fingerprint.as_bytes()[..]);
+        self.kinds.push(op.kind.as_str());
+        self.requests.push(op.request);
+        self.queues.push(op.kind.queue());
+        self.job_ids.push(queue::new_job_id().to_string());
+        self.jobs.push(queue::job_args(op.id)?);
+        self.announce.push(op.announce_finish);
+        Ok(())
+    }
+}
+
 /// The record under the key and whether it has expired (a fresh snapshot:
 /// sees a concurrent first request's row once it committed).
 async fn read_existing(

@@ -16,6 +16,10 @@ pub const QUEUE_JOBS: &str = "idemq_queue_jobs";
 pub const OPERATIONS: &str = "idemq_operations";
 pub const CLEANUP_DELETED: &str = "idemq_cleanup_deleted_total";
 pub const RECONCILER_ACTIONS: &str = "idemq_reconciler_actions_total";
+pub const RECORD_BATCH_SIZE: &str = "idemq_record_batch_size";
+pub const RECORD_WAITING: &str = "idemq_record_waiting";
+/// Buckets of `idemq_record_batch_size` (requests per record statement).
+pub const RECORD_BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// Job outcomes, the `outcome` label of `idemq_jobs_total`.
 pub const JOB_OUTCOMES: [&str; 5] = ["succeeded", "refused", "redelivered", "retried", "exhausted"];
@@ -50,6 +54,14 @@ pub fn register_all() {
     describe_gauge!(OPERATIONS, "Operations rows by status (refreshed on a timer)");
     describe_counter!(CLEANUP_DELETED, "Rows deleted by cleanup by table");
     describe_counter!(RECONCILER_ACTIONS, "Reconciler actions");
+    describe_histogram!(
+        RECORD_BATCH_SIZE,
+        "Requests recorded by one record statement and commit (API group commit)"
+    );
+    describe_gauge!(
+        RECORD_WAITING,
+        "Requests waiting for a free record statement (API group commit)"
+    );
     for c in [REPLAYS, KEY_REUSED, KEY_MISSING, KEY_INVALID] {
         counter!(c).absolute(0);
     }

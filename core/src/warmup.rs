@@ -127,26 +127,29 @@ async fn payment(conn: &mut PgConnection) -> Result<(), Error> {
     let key = IdempotencyKey::parse(b"warm-up")
         .map_err(|e| Error::Corrupt(format!("rehearsal key: {}", e.detail())))?;
     let id = OperationId::new();
-    let next = idempotency::begin_on(
-        &mut *conn,
-        NewOperation {
-            id,
-            announce_finish: true,
-            principal: &principal,
-            key: &key,
-            fingerprint: Fingerprint::compute(
-                "PATCH",
-                "/invoices/{id}/mark-paid",
-                &[("id", &invoice)],
-                &body,
-            ),
-            kind: OperationKind::InvoiceMarkPaid,
-            request: &json!({ "params": { "id": invoice }, "body": body }),
-        },
-    )
-    .await?;
-    if !matches!(next, NextAction::Started(_)) {
+    let request = json!({ "params": { "id": invoice }, "body": body });
+    let new = NewOperation {
+        id,
+        announce_finish: true,
+        principal: &principal,
+        key: &key,
+        fingerprint: Fingerprint::compute("PATCH", "/invoices/{id}/mark-paid", &[("id", &invoice)], &body),
+        kind: OperationKind::InvoiceMarkPaid,
+        request: &request,
+    };
+    // The API's two record statements: the batch's (new keys) and the lone
+    // one (what a batch leaves: here, the same key again).
+    let recorded = idempotency::record_batch(&mut *conn, std::slice::from_ref(&new)).await?;
+    if !matches!(recorded.as_slice(), [Some(NextAction::Started(_))]) {
         return Err(Error::Corrupt("rehearsal: the operation was not recorded".into()));
+    }
+    if !matches!(
+        idempotency::begin_on(&mut *conn, new).await?,
+        NextAction::Existing(_)
+    ) {
+        return Err(Error::Corrupt(
+            "rehearsal: the operation was not found again".into(),
+        ));
     }
     job::rehearse(&mut *conn, id, Duration::from_secs(60)).await?;
     idempotency::find(&mut *conn, &principal, id).await?;

@@ -171,6 +171,8 @@ pub fn test_api_config() -> ApiConfig {
         trust_proxy: false,
         // Off: tests/it/warmup.rs is about it.
         api_warm_connections: 0,
+        record_batches: 2,
+        record_batch_max: 64,
     }
 }
 

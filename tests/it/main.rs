@@ -32,6 +32,7 @@ mod property;
 mod queue_schema;
 mod rate_limit;
 mod read_models;
+mod record_batch;
 mod revocation;
 mod schemathesis;
 mod wakeups;
