@@ -94,6 +94,7 @@ impl AppState {
                 records,
                 config.record_batches,
                 config.record_batch_max.into(),
+                pool.options().get_acquire_timeout(),
             ),
             pool,
             tokens,

@@ -18,7 +18,20 @@
 //! fails that request alone. A batch that fails for a reason that passes by
 //! itself (the database unreachable) answers each of its requests 503, as a
 //! lone record would.
-use std::sync::Arc;
+//!
+//! A request waits for a statement at most as long as it would wait for a
+//! pool connection (the pool's acquire timeout, 5 s): if no slot has taken
+//! it by then (every statement held up, e.g. by a lock on `operations`), it
+//! is answered 503 and never recorded. Whoever moves first, the request
+//! giving up or a slot taking it, decides, so a 503 here means nothing was
+//! written.
+use std::{
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use idemq_core::{
     db::KeptPool,
@@ -68,6 +81,24 @@ type Reply = Result<(NewRecord, Option<NextAction>), ApiError>;
 struct Waiting {
     record: NewRecord,
     reply: oneshot::Sender<Reply>,
+    /// `WAITING` until a slot takes it (`TAKEN`) or the request gives up
+    /// (`ABANDONED`); the first to move wins.
+    state: Arc<AtomicU8>,
+}
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Waiting {
+    /// Claims it for a batch, unless its request gave up or went away.
+    fn take(&self) -> bool {
+        !self.reply.is_closed()
+            && self
+                .state
+                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 /// The handle of the batching task; `in_flight == 0` has no task, and every
@@ -75,18 +106,23 @@ struct Waiting {
 #[derive(Clone)]
 pub struct RecordBatcher {
     tx: Option<mpsc::UnboundedSender<Waiting>>,
+    /// How long a request waits for a slot to take it.
+    max_wait: Duration,
 }
 
 impl RecordBatcher {
     /// At most `in_flight` record statements at once, each for up to
-    /// `max_batch` requests.
-    pub fn spawn(records: KeptPool, in_flight: usize, max_batch: usize) -> RecordBatcher {
+    /// `max_batch` requests; a request waits at most `max_wait` for one.
+    pub fn spawn(records: KeptPool, in_flight: usize, max_batch: usize, max_wait: Duration) -> RecordBatcher {
         if in_flight == 0 {
-            return RecordBatcher { tx: None };
+            return RecordBatcher { tx: None, max_wait };
         }
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(records, rx, in_flight, max_batch.max(1)));
-        RecordBatcher { tx: Some(tx) }
+        RecordBatcher {
+            tx: Some(tx),
+            max_wait,
+        }
     }
 
     /// Records `record` with whatever else is waiting. `Ok((record, None))`:
@@ -95,18 +131,40 @@ impl RecordBatcher {
         let Some(tx) = &self.tx else {
             return Ok((record, None));
         };
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
         metrics::gauge!(RECORD_WAITING).increment(1.0);
-        if let Err(mpsc::error::SendError(waiting)) = tx.send(Waiting { record, reply }) {
+        let waiting = Waiting {
+            record,
+            reply,
+            state: state.clone(),
+        };
+        if let Err(mpsc::error::SendError(waiting)) = tx.send(waiting) {
             metrics::gauge!(RECORD_WAITING).decrement(1.0);
             return Ok((waiting.record, None));
         }
         // A reply is dropped only with the runtime, at shutdown: whether the
         // batch committed is unknown, as for a lone record cut off there, and
         // a retry with the key settles it.
-        answer
-            .await
-            .map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?
+        let shutting_down = |_| ApiError::Unavailable("the API is shutting down".into());
+        match tokio::time::timeout(self.max_wait, &mut answer).await {
+            Ok(reply) => reply.map_err(shutting_down)?,
+            Err(_) => {
+                if state
+                    .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // No slot took it: nothing of it was or will be written.
+                    metrics::gauge!(RECORD_WAITING).decrement(1.0);
+                    return Err(ApiError::Unavailable(format!(
+                        "no record statement free within {:?}",
+                        self.max_wait
+                    )));
+                }
+                // A slot took it just now: its answer is on the way.
+                answer.await.map_err(shutting_down)?
+            }
+        }
     }
 }
 
@@ -123,23 +181,36 @@ async fn run(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(waiting) => batch.push(waiting),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            take_into(&mut batch, first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(waiting) => take_into(&mut batch, waiting),
+                    Err(_) => break,
+                }
             }
         }
-        metrics::gauge!(RECORD_WAITING).decrement(batch.len() as f64);
         metrics::histogram!(RECORD_BATCH_SIZE).record(batch.len() as f64);
         let records = records.clone();
         tokio::spawn(async move {
             record_together(&records, batch).await;
             drop(slot);
         });
+    }
+}
+
+/// Adds `waiting` to the batch if its request still waits; one that gave up
+/// was taken off the gauge by its request, one that went away is here.
+fn take_into(batch: &mut Vec<Waiting>, waiting: Waiting) {
+    if waiting.take() {
+        metrics::gauge!(RECORD_WAITING).decrement(1.0);
+        batch.push(waiting);
+    } else if waiting.state.load(Ordering::Acquire) == WAITING {
+        metrics::gauge!(RECORD_WAITING).decrement(1.0);
     }
 }
 

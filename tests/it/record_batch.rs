@@ -3,6 +3,8 @@
 //! one's statement and commit, and each still gets what a lone record would
 //! give it. The real `idemq api` process, its `/metrics`, and a table lock
 //! held by the test to keep the one record statement busy.
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -251,6 +253,50 @@ async fn a_batch_the_database_refuses_is_recorded_one_by_one_and_fails_only_the_
         "{}",
         api.log()
     );
+    api.stop();
+}
+
+/// A request no statement takes within the pool's acquire timeout (5 s) is
+/// answered 503, as it would be when no connection is free, and is never
+/// recorded, even once the statements move again.
+#[tokio::test]
+async fn a_request_that_no_record_statement_takes_in_time_gets_503_and_is_never_recorded() {
+    let (db, token) = setup(2).await;
+    let api = spawn_api(&db.url, "1");
+    let (lock, first) = hold_records(&db, &api, &token).await;
+    let started = std::time::Instant::now();
+    let late = tokio::time::timeout(Duration::from_secs(30), pay(&api, &token, "2", "late", "card"))
+        .await
+        .expect("a request waiting for a record statement is answered within the bound")
+        .unwrap();
+    assert_eq!(late.status, StatusCode::SERVICE_UNAVAILABLE, "{}", late.text());
+    assert!(late.headers.contains_key("retry-after"));
+    assert_eq!(late.json()["type"], problem_type("service-unavailable"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sample(&metrics(&api).await, "idemq_record_waiting"), 0.0);
+    lock.commit().await.unwrap();
+
+    assert_eq!(first.await.unwrap().status, StatusCode::ACCEPTED);
+    // The next batch runs (this request), and the one that gave up is not in it.
+    let next = pay(&api, &token, "2", "next", "card").await.unwrap();
+    assert_eq!(next.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM operations WHERE idempotency_key = 'late'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM apalis.jobs").await, 2);
+    // The same request again, now that statements are free: recorded.
+    let retried = pay(&api, &token, "2", "late", "card").await.unwrap();
+    assert_eq!(retried.status, StatusCode::ACCEPTED);
+    assert_eq!(retried.replayed, None);
     api.stop();
 }
 
