@@ -372,6 +372,15 @@ impl ApiProcess {
     }
 }
 
+/// The value of one sample line of the Prometheus text, e.g.
+/// `idemq_idempotent_replays_total` or `name{a="b"}`.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// The ops token of an [`ApiProcess`] unless `env` sets `IDEMQ_OPS_TOKEN`.
 pub const API_PROCESS_OPS_TOKEN: &str = "ops-process";
 

@@ -23,15 +23,6 @@ fn spawn_api(db_url: &str) -> ApiProcess {
     )
 }
 
-/// The value of one sample line of the Prometheus text, e.g.
-/// `idemq_idempotent_replays_total` or `name{a="b"}`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
-}
-
 #[tokio::test]
 async fn metrics_move_with_traffic_and_logs_say_idempotent_without_tokens() {
     let db = fresh_db().await;

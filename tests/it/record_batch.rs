@@ -49,15 +49,10 @@ async fn metrics(api: &ApiProcess) -> String {
     r.text().await.unwrap()
 }
 
-/// One sample of the Prometheus text (`name` or `name{labels}`); 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+/// One sample of the Prometheus text; 0 when absent (a histogram never
+/// recorded is not rendered).
+fn value(metrics: &str, series: &str) -> f64 {
+    sample(metrics, series).unwrap_or(0.0)
 }
 
 /// `PATCH /invoices/{invoice}/mark-paid` under `key`, sent in a task.
@@ -104,7 +99,7 @@ async fn record_statement_waits(pool: &PgPool, database: &str) -> bool {
 async fn waiting(api: &ApiProcess, n: f64) {
     eventually(
         &format!("{n} requests waiting for a record statement"),
-        || async { sample(&metrics(api).await, "idemq_record_waiting") == n },
+        || async { value(&metrics(api).await, "idemq_record_waiting") == n },
     )
     .await;
 }
@@ -134,11 +129,11 @@ async fn requests_that_wait_for_a_busy_record_statement_share_the_next_one() {
     assert_eq!(ids.len(), 11);
     let m = metrics(&api).await;
     // Two statements: the first request alone, then the ten that waited.
-    assert_eq!(sample(&m, "idemq_record_batch_size_count"), 2.0, "{m}");
-    assert_eq!(sample(&m, "idemq_record_batch_size_sum"), 11.0, "{m}");
-    assert_eq!(sample(&m, "idemq_record_batch_size_bucket{le=\"1\"}"), 1.0, "{m}");
-    assert_eq!(sample(&m, "idemq_record_batch_size_bucket{le=\"8\"}"), 1.0, "{m}");
-    assert_eq!(sample(&m, "idemq_record_waiting"), 0.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_count"), 2.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_sum"), 11.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_bucket{le=\"1\"}"), 1.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_bucket{le=\"8\"}"), 1.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_waiting"), 0.0, "{m}");
     // Each request's operation with its job, and nothing else.
     assert_eq!(count(&db.pool, "SELECT count(*) FROM operations").await, 11);
     assert_eq!(
@@ -193,8 +188,8 @@ async fn a_batch_settles_repeats_reused_keys_and_a_key_sent_twice_as_lone_record
 
     let m = metrics(&api).await;
     // "done", "first", then the four that waited, together.
-    assert_eq!(sample(&m, "idemq_record_batch_size_count"), 3.0, "{m}");
-    assert_eq!(sample(&m, "idemq_record_batch_size_sum"), 6.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_count"), 3.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_sum"), 6.0, "{m}");
     assert_eq!(count(&db.pool, "SELECT count(*) FROM operations").await, 3);
     assert_eq!(count(&db.pool, "SELECT count(*) FROM apalis.jobs").await, 3);
     api.stop();
@@ -247,7 +242,7 @@ async fn a_batch_the_database_refuses_is_recorded_one_by_one_and_fails_only_the_
     );
     assert_eq!(count(&db.pool, "SELECT count(*) FROM apalis.jobs").await, 5);
     let m = metrics(&api).await;
-    assert_eq!(sample(&m, "idemq_record_batch_size_count"), 2.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_count"), 2.0, "{m}");
     assert!(
         api.log().contains("record batch refused: recording one by one"),
         "{}",
@@ -277,7 +272,7 @@ async fn a_request_that_no_record_statement_takes_in_time_gets_503_and_is_never_
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(sample(&metrics(&api).await, "idemq_record_waiting"), 0.0);
+    assert_eq!(value(&metrics(&api).await, "idemq_record_waiting"), 0.0);
     lock.commit().await.unwrap();
 
     assert_eq!(first.await.unwrap().status, StatusCode::ACCEPTED);
@@ -311,7 +306,7 @@ async fn with_record_batches_0_each_request_records_on_its_own() {
         assert_eq!(answer.await.unwrap().status, StatusCode::ACCEPTED);
     }
     let m = metrics(&api).await;
-    assert_eq!(sample(&m, "idemq_record_batch_size_count"), 0.0, "{m}");
+    assert_eq!(value(&m, "idemq_record_batch_size_count"), 0.0, "{m}");
     assert_eq!(count(&db.pool, "SELECT count(*) FROM apalis.jobs").await, 8);
     api.stop();
 }
