@@ -3,7 +3,10 @@
 //! included), WAL flushes of the whole server (`pg_stat_wal.wal_sync`: with
 //! group commit several commits share one) and WAL bytes. With fsync on,
 //! WAL flushes are what a durable commit waits for.
-use std::time::{Duration, Instant};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 
@@ -12,6 +15,21 @@ use crate::report::Report;
 /// Cumulative statistics reach the views when a backend ends a transaction
 /// or goes idle, at most once a second: wait that long before reading.
 const STATS_FLUSH: Duration = Duration::from_millis(1100);
+
+/// A backend that goes idle within a second of its last report keeps its
+/// counts until it has been idle 10 s (PostgreSQL's `PGSTAT_IDLE_INTERVAL`):
+/// the final reading waits this long (`--stats-settle`).
+static SETTLE: OnceLock<Duration> = OnceLock::new();
+const DEFAULT_SETTLE: Duration = Duration::from_secs(11);
+
+pub fn settle_for(wait: Duration) {
+    let _ = SETTLE.set(wait);
+}
+
+/// How long before a final reading.
+pub fn settle() -> Duration {
+    *SETTLE.get().unwrap_or(&DEFAULT_SETTLE)
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct DbSnapshot {
@@ -22,10 +40,25 @@ pub struct DbSnapshot {
 }
 
 impl DbSnapshot {
-    /// Waits for pending statistics, then reads them. `None` if the views
-    /// cannot be read (an old server, missing rights).
+    /// Waits a second for pending statistics, then reads them: for a
+    /// window that must start right after a phase of load (`latency`'s
+    /// quiet second), where a settled reading would idle the fleet for
+    /// seconds. `None` if the views cannot be read (an old server, missing
+    /// rights).
     pub async fn take(pool: &PgPool) -> Option<DbSnapshot> {
-        tokio::time::sleep(STATS_FLUSH).await;
+        DbSnapshot::take_after(pool, STATS_FLUSH).await
+    }
+
+    /// A reading that counts everything done before it: waits until every
+    /// backend has reported ([`settle`]), then reads. Both ends of a window
+    /// need it: a short first reading lets the setup's counts (the bench's
+    /// enqueueing, the fleet's start) arrive inside the window.
+    pub async fn take_settled(pool: &PgPool) -> Option<DbSnapshot> {
+        DbSnapshot::take_after(pool, settle()).await
+    }
+
+    async fn take_after(pool: &PgPool, wait: Duration) -> Option<DbSnapshot> {
+        tokio::time::sleep(wait).await;
         let row: Result<(i64, i64, f64), _> = sqlx::query_as(
             "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
                     (SELECT wal_sync FROM pg_stat_wal),

@@ -14,7 +14,9 @@ async fn bench(args: &[&str]) -> Value {
     let all = ["bench"]
         .iter()
         .chain(args)
-        .chain(&["--json", "--dir", &dir_arg])
+        // The figures are not judged here: no need to wait for every
+        // backend's statistics (`--stats-settle`, 11 s by default).
+        .chain(&["--json", "--dir", &dir_arg, "--stats-settle", "1"])
         .copied()
         .collect::<Vec<&str>>();
     let out = idemq(all)

@@ -59,7 +59,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &DrainArgs, report: &mut Rep
 
     let mut fleet = fleet(server, db, report);
     progress(format!("drain: starting {} workers", args.workers));
-    let db_before = DbSnapshot::take(&db.pool).await;
+    let db_before = DbSnapshot::take_settled(&db.pool).await;
     profile_reset(server, db).await;
     let t0 = Instant::now();
     fleet.spawn_workers(args.workers)?;
@@ -69,7 +69,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &DrainArgs, report: &mut Rep
     let done = wait_all_final(&db.pool, &mut fleet, deadline).await?;
     let after = probe.snapshot();
     profile_take(server, db, report).await;
-    let db_after = DbSnapshot::take(&db.pool).await;
+    let db_after = DbSnapshot::take_settled(&db.pool).await;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
 

@@ -63,7 +63,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
         args.clients, args.seconds
     ));
     let probe = CpuProbe::new(fleet.api_pid(), vec![], &db.pool).await;
-    let db_before = DbSnapshot::take(&db.pool).await;
+    let db_before = DbSnapshot::take_settled(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let load = {
@@ -77,7 +77,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
     };
     let after = probe.snapshot();
     profile_take(server, db, report).await;
-    let db_after = DbSnapshot::take(&db.pool).await;
+    let db_after = DbSnapshot::take_settled(&db.pool).await;
     fleet.check_alive()?;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
@@ -173,9 +173,9 @@ async fn ceiling_phase(
     notify: bool,
     report: &mut Report,
 ) -> anyhow::Result<f64> {
-    let before = DbSnapshot::take(&db.pool).await;
+    let before = DbSnapshot::take_settled(&db.pool).await;
     let (rate, latency) = commit_ceiling(db, clients, duration, notify).await?;
-    let after = DbSnapshot::take(&db.pool).await;
+    let after = DbSnapshot::take_settled(&db.pool).await;
     let (prefix, what) = if notify {
         (
             "ceiling_notify_",

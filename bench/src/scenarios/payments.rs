@@ -74,7 +74,7 @@ pub async fn run(
         args.workers
     ));
     let probe = CpuProbe::new(fleet.api_pid(), fleet.worker_pids(), &db.pool).await;
-    let db_before = DbSnapshot::take(&db.pool).await;
+    let db_before = DbSnapshot::take_settled(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let t0 = Instant::now();
@@ -106,7 +106,7 @@ pub async fn run(
     let done = wait_all_final(&db.pool, &mut fleet, Duration::from_secs(300)).await?;
     let after = probe.snapshot();
     profile_take(server, db, report).await;
-    let db_after = DbSnapshot::take(&db.pool).await;
+    let db_after = DbSnapshot::take_settled(&db.pool).await;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());
 

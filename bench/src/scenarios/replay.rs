@@ -93,7 +93,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &ReplayArgs, report: &mut Re
             .map(|c| Mutex::new(StdRng::seed_from_u64(c as u64)))
             .collect(),
     );
-    let db_before = DbSnapshot::take(&db.pool).await;
+    let db_before = DbSnapshot::take_settled(&db.pool).await;
     profile_reset(server, db).await;
     let before = probe.snapshot();
     let load = {
@@ -130,7 +130,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &ReplayArgs, report: &mut Re
     };
     let after = probe.snapshot();
     profile_take(server, db, report).await;
-    let db_after = DbSnapshot::take(&db.pool).await;
+    let db_after = DbSnapshot::take_settled(&db.pool).await;
     fleet.check_alive()?;
     report.cpu = Some(probe.split(&before, &after));
     report.set_rss(fleet.rss());

@@ -47,12 +47,9 @@ struct DbCounters {
     wal_bytes: f64,
 }
 
-/// Cumulative statistics reach the views at most once a second after a
-/// backend's transaction (see `dbstats`).
-const STATS_FLUSH: Duration = Duration::from_millis(1100);
-
-async fn counters(pool: &PgPool) -> anyhow::Result<DbCounters> {
-    tokio::time::sleep(STATS_FLUSH).await;
+/// The server's counters once every backend has reported (`dbstats::settle`).
+async fn counters(pool: &PgPool, wait: Duration) -> anyhow::Result<DbCounters> {
+    tokio::time::sleep(wait).await;
     let (commits, wal_bytes): (i64, f64) = sqlx::query_as(
         "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
                 (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8",
@@ -137,7 +134,7 @@ async fn run_shape(
     let client = http_client()?;
     // The other APIs' CPU shows under "other"; Postgres's is what counts here.
     let probe = CpuProbe::new(fleet.api_pid(), fleet.worker_pids(), &db.pool).await;
-    let db_before = counters(&db.pool).await?;
+    let db_before = counters(&db.pool, crate::dbstats::settle()).await?;
     let before = probe.snapshot();
     let t0 = Instant::now();
     let cursor = Arc::new(AtomicUsize::new(0));
@@ -168,7 +165,7 @@ async fn run_shape(
     }
     let done = wait_all_final(&db.pool, &mut fleet, Duration::from_secs(300)).await?;
     let after = probe.snapshot();
-    let db_after = counters(&db.pool).await?;
+    let db_after = counters(&db.pool, crate::dbstats::settle()).await?;
     let split = probe.split(&before, &after);
 
     let n = args.invoices as f64;
