@@ -62,6 +62,7 @@ pub fn register_all() {
         RECORD_WAITING,
         "Requests waiting for a free record statement (API group commit)"
     );
+    metrics::gauge!(RECORD_WAITING).set(0.0);
     for c in [REPLAYS, KEY_REUSED, KEY_MISSING, KEY_INVALID] {
         counter!(c).absolute(0);
     }

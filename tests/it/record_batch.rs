@@ -112,6 +112,8 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 async fn requests_that_wait_for_a_busy_record_statement_share_the_next_one() {
     let (db, token) = setup(11).await;
     let api = spawn_api(&db.url, "1");
+    // On the first scrape already, before any request.
+    assert_eq!(sample(&metrics(&api).await, "idemq_record_waiting"), Some(0.0));
     let (lock, first) = hold_records(&db, &api, &token).await;
     let rest: Vec<_> = (2..=11)
         .map(|i| pay(&api, &token, &i.to_string(), &format!("k{i}"), "card"))
