@@ -144,12 +144,7 @@ pub async fn submit<T: DeserializeOwned + serde::Serialize>(
         (_, Some(next)) => next,
         (record, None) => {
             let mut conn = state.records.acquire().await?;
-            let next = match idempotency::begin_on(&mut conn, record.as_new()).await? {
-                // This very request, recorded by a batch that then reported
-                // a failure: it is still this request's start.
-                NextAction::Existing(op) if op.id == record.id => NextAction::Started(op),
-                next => next,
-            };
+            let next = idempotency::begin_on(&mut conn, record.as_new()).await?;
             // Committed before the answer (behind a pooler, here), and the
             // connection kept for the next request.
             state.records.done(conn).await?;

@@ -74,7 +74,7 @@ pub async fn begin_on(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $11)
                 ON CONFLICT (principal_id, idempotency_key) DO NOTHING
                 RETURNING {COLUMNS}
-             ), job AS ({INSERT_JOB} FROM op)
+             ), job AS ({INSERT_JOB} FROM (SELECT job_id, queue, $9::bytea AS job FROM op) new_job)
              SELECT {COLUMNS}, true AS inserted, false AS expired FROM op
              UNION ALL
              SELECT {COLUMNS}, false, coalesce(expires_at <= now(), false) FROM operations
@@ -102,11 +102,7 @@ pub async fn begin_on(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<
         };
         match existing {
             Some((op, false)) => {
-                return Ok(if op.fingerprint == new.fingerprint {
-                    NextAction::Existing(op)
-                } else {
-                    NextAction::KeyReused(op)
-                });
+                return Ok(taken(op, new.fingerprint));
             }
             // Expiry is judged by the database clock, in SQL.
             Some((op, true)) => {
@@ -165,10 +161,8 @@ pub async fn record_batch(
             ON CONFLICT (principal_id, idempotency_key) DO NOTHING
             RETURNING {COLUMNS}
          ), job AS (
-            INSERT INTO apalis.jobs
-                (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-            SELECT input.job_id, input.queue, input.job, 'Pending', 0, $10, now(), 0, ''::hstore, NULL
-            FROM op JOIN input ON input.id = op.id
+            {INSERT_JOB}
+            FROM (SELECT input.job_id, input.queue, input.job FROM op JOIN input ON input.id = op.id) new_job
          )
          SELECT {COLUMNS}, true AS inserted, false AS expired FROM op
          UNION ALL
@@ -208,15 +202,21 @@ pub async fn record_batch(
         // A key twice in the batch is found twice only if it was taken before.
         for (i, o) in new.iter().enumerate() {
             if out[i].is_none() && o.principal.id() == op.principal_id && o.key.as_str() == op.key {
-                out[i] = Some(if op.fingerprint == o.fingerprint {
-                    NextAction::Existing(op.clone())
-                } else {
-                    NextAction::KeyReused(op.clone())
-                });
+                out[i] = Some(taken(op.clone(), o.fingerprint));
             }
         }
     }
     Ok(out)
+}
+
+/// What a request whose key was taken by `op` gets: the same request
+/// (fingerprint) is a repeat, another one reuses the key.
+fn taken(op: Operation, fingerprint: Fingerprint) -> NextAction {
+    if op.fingerprint == fingerprint {
+        NextAction::Existing(op)
+    } else {
+        NextAction::KeyReused(op)
+    }
 }
 
 /// A batch as one array per column, for `unnest`.
@@ -331,13 +331,14 @@ pub async fn find<'e>(
 
 /// The apalis job row, as `apalis_postgres::queries::push_tasks` writes it
 /// (same columns and defaults: Pending, no attempts, run now, priority 0,
-/// empty metadata), selected from the inserted operation so that it exists
-/// exactly when the operation does. Parameters: $7 queue, $8 job id (a
-/// ULID), $9 the JSON payload, $10 max attempts. The schema is apalis
+/// empty metadata), selected from the inserted operations so that it exists
+/// exactly when its operation does: completed by `FROM` a relation
+/// `new_job(job_id, queue, job)` (the job id a ULID, the queue, the JSON
+/// payload); `$10` is the max attempts. The schema is apalis
 /// 1.0's, pinned in Cargo.lock; the tests would catch a drift.
 const INSERT_JOB: &str = "INSERT INTO apalis.jobs
         (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-    SELECT $8, $7, $9::bytea, 'Pending', 0, $10, now(), 0, ''::hstore, NULL";
+    SELECT job_id, queue, job, 'Pending', 0, $10, now(), 0, ''::hstore, NULL";
 
 /// Postgres channel on which a finished operation's id is announced (sent in
 /// the job's transaction, so delivered at commit) for `Prefer: wait`.
