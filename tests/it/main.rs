@@ -29,6 +29,7 @@ mod payments;
 mod pg_immediate_stop;
 mod pgbouncer;
 mod property;
+mod query_plans;
 mod queue_schema;
 mod rate_limit;
 mod read_models;
