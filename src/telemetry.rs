@@ -43,6 +43,11 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
                     ),
                     &idemq_core::telemetry::RECORD_BATCH_BUCKETS,
                 )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(idemq_core::telemetry::JOB_GROUP_SIZE.into()),
+                    &idemq_core::telemetry::RECORD_BATCH_BUCKETS,
+                )
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             idemq_core::telemetry::register_all();

@@ -136,8 +136,8 @@ fn quote_literal(s: &str) -> String {
 /// pool, where the next user would inherit that state.
 #[derive(Debug)]
 pub struct JobConnection {
-    conn: PoolConnection<Postgres>,
-    in_doubt: bool,
+    pub(crate) conn: PoolConnection<Postgres>,
+    pub(crate) in_doubt: bool,
 }
 
 impl JobConnection {
@@ -186,7 +186,7 @@ impl JobConnections {
 impl JobConnection {
     /// Ends the transaction the opening began with `COMMIT` or `ROLLBACK`;
     /// once the server has answered, the connection is no longer in doubt.
-    async fn end(&mut self, how: &'static str) -> Result<(), Error> {
+    pub(crate) async fn end(&mut self, how: &'static str) -> Result<(), Error> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(how))
             .execute(&mut *self.conn)
             .await?;
@@ -197,7 +197,7 @@ impl JobConnection {
     /// Runs `work` in the open transaction and commits it; if `work` fails,
     /// rolls back (if that fails too, the connection stays in doubt and is
     /// closed when dropped).
-    async fn within<T>(
+    pub(crate) async fn within<T>(
         &mut self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, Error>,
     ) -> Result<T, Error> {
@@ -419,7 +419,7 @@ pub async fn finish_exhausted(
 }
 
 /// The stored 500 of an operation given up after `attempts` attempts.
-fn exhausted(attempts: i32) -> Outcome {
+pub(crate) fn exhausted(attempts: i32) -> Outcome {
     Outcome::refused(
         Problem::new("operation-failed", "The operation could not be completed", 500).detail(format!(
             "Gave up after {attempts} attempts because of internal errors. Nothing was changed; \
@@ -428,7 +428,7 @@ fn exhausted(attempts: i32) -> Outcome {
     )
 }
 
-async fn execute(
+pub(crate) async fn execute(
     conn: &mut PgConnection,
     actor: Actor,
     kind: OperationKind,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod idempotency;
 pub mod job;
+pub mod job_group;
 pub mod key;
 pub mod notifier;
 pub mod operation;

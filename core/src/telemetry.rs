@@ -18,6 +18,7 @@ pub const CLEANUP_DELETED: &str = "idemq_cleanup_deleted_total";
 pub const RECONCILER_ACTIONS: &str = "idemq_reconciler_actions_total";
 pub const RECORD_BATCH_SIZE: &str = "idemq_record_batch_size";
 pub const RECORD_WAITING: &str = "idemq_record_waiting";
+pub const JOB_GROUP_SIZE: &str = "idemq_job_group_size";
 /// Buckets of `idemq_record_batch_size` (requests per record statement).
 pub const RECORD_BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
@@ -57,6 +58,10 @@ pub fn register_all() {
     describe_histogram!(
         RECORD_BATCH_SIZE,
         "Requests recorded by one record statement and commit (API group commit)"
+    );
+    describe_histogram!(
+        JOB_GROUP_SIZE,
+        "Jobs run by one job transaction and commit (worker group commit)"
     );
     describe_gauge!(
         RECORD_WAITING,

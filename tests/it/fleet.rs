@@ -787,7 +787,16 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
     for i in 1..=3 {
         ops.push(submit(&app, &format!("inv-{i}"), &format!("k-{i}")).await);
     }
-    await_sleepers(&app.db.pool, 3).await;
+    // All three handed to the worker, one at least in its transaction
+    // (jobs that arrive together share a group transaction, and run one
+    // after the other in it: docs/job-path.md, "Group commit").
+    await_sleepers(&app.db.pool, 1).await;
+    eventually("3 jobs held by the worker", || async {
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+            .await
+            == 3
+    })
+    .await;
 
     let asked = Instant::now();
     worker.sigterm();

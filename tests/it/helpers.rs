@@ -139,6 +139,7 @@ pub fn test_worker_config() -> WorkerConfig {
         worker_lease: Duration::from_secs(2),
         job_max_attempts: 8,
         job_timeout: Duration::from_secs(10),
+        job_groups: 2,
         queue_batch_size: 10,
         queue_poll_interval: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(10),

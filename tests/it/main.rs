@@ -19,6 +19,7 @@ mod fleet;
 mod fleet_limits;
 mod idempotency_contract;
 mod job_ack;
+mod job_groups;
 mod maintenance;
 mod meter_readings;
 mod observability;

@@ -12,6 +12,7 @@ pub const DEFAULT_WORKER_CONCURRENCY: &str = "4";
 /// One queue's job slots at the default concurrency.
 pub const DEFAULT_WORKER_WARM_CONNECTIONS: &str = "4";
 pub const DEFAULT_QUEUE_BATCH_SIZE: &str = "50";
+pub const DEFAULT_JOB_GROUPS: &str = "2";
 pub const DEFAULT_QUEUE_POLL_INTERVAL: &str = "500ms";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_DB_LOST_GRACE: &str = "30s";
@@ -48,6 +49,12 @@ pub struct WorkerConfig {
     /// Time limit of one attempt.
     #[arg(long, env = "IDEMQ_JOB_TIMEOUT", value_name = "IDEMQ_JOB_TIMEOUT", default_value = DEFAULT_JOB_TIMEOUT, value_parser = parse_duration)]
     pub job_timeout: Duration,
+    /// Group transactions this process runs at once: the first attempts of
+    /// jobs that become ready while all are busy run together in the next
+    /// one, with one commit (`crate::job_groups`); 0: every job alone.
+    #[arg(long, env = "IDEMQ_WORKER_JOB_GROUPS", value_name = "IDEMQ_WORKER_JOB_GROUPS", default_value = DEFAULT_JOB_GROUPS,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub job_groups: u32,
     /// Jobs fetched per round trip.
     #[arg(long, env = "IDEMQ_QUEUE_BATCH_SIZE", value_name = "IDEMQ_QUEUE_BATCH_SIZE", default_value = DEFAULT_QUEUE_BATCH_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -105,6 +112,7 @@ impl Default for WorkerConfig {
             worker_lease: Duration::from_secs(10),
             job_max_attempts: 8,
             job_timeout: Duration::from_secs(30),
+            job_groups: 2,
             queue_batch_size: 50,
             queue_poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),

@@ -18,6 +18,7 @@ use std::{
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId, WorkerContext};
 use idemq_core::{
     job::{self, Ack, AttemptResult, JobConnections, Opened, QueueJob, Start},
+    job_group::Settled,
     notifier::Notifier,
     operation::OperationStatus,
     operation::{OperationId, OperationKind},
@@ -30,7 +31,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{faults::Faults, WorkerSettings};
+use crate::{
+    faults::Faults,
+    job_groups::{Failure, GroupContext, GroupReply, JobGroups},
+    WorkerSettings,
+};
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -54,6 +59,11 @@ pub struct JobRunner {
     stopping: CancellationToken,
     /// This process's instance name, written on each attempt's row.
     worker: String,
+    /// Group transactions at once (`IDEMQ_WORKER_JOB_GROUPS`); 0: none.
+    job_groups: usize,
+    /// The grouping task, started with the first job (once the faults and
+    /// the name are set).
+    groups: OnceLock<Option<JobGroups>>,
 }
 
 /// Why a job goes back to apalis unfinished (apalis then marks it `Failed`
@@ -131,7 +141,58 @@ impl JobRunner {
             faults: Faults::default(),
             stopping: CancellationToken::new(),
             worker: crate::instance_name(),
+            job_groups: settings.config.job_groups as usize,
+            groups: OnceLock::new(),
         }
+    }
+
+    /// The grouping task, if groups are on.
+    fn groups(&self) -> Option<&JobGroups> {
+        self.groups
+            .get_or_init(|| {
+                let context = GroupContext {
+                    connections: self.connections.clone(),
+                    notifier: self.notifier.clone(),
+                    ttl: self.ttl,
+                    timeout: self.timeout,
+                    max_attempts: self.max_attempts,
+                    faults: self.faults.clone(),
+                };
+                JobGroups::spawn(context, self.job_groups)
+            })
+            .as_ref()
+    }
+
+    /// The counted first attempt of `op` run in a group transaction, if
+    /// groups are on: what it did, as [`JobRunner::attempt_once`] tells it;
+    /// `None`: run it alone.
+    async fn attempt_in_group(
+        &self,
+        op: OperationId,
+        job: Option<&QueueJob>,
+    ) -> Option<(Option<Started>, Result<AttemptResult, AttemptError>)> {
+        let started = |number, kind| Some(Started { count: number, kind });
+        Some(match self.groups()?.run(op, job.cloned()).await? {
+            GroupReply::Settled(Settled::Finished {
+                number,
+                kind,
+                status,
+                ack,
+            }) => (started(number, kind), Ok(AttemptResult::Finished(status, ack))),
+            GroupReply::Settled(Settled::Exhausted { number, kind, ack }) => {
+                (started(number, kind), Ok(AttemptResult::Exhausted(ack)))
+            }
+            GroupReply::Settled(Settled::AlreadyFinished) => (None, Ok(AttemptResult::AlreadyFinished)),
+            GroupReply::Settled(Settled::Missing) => (None, Ok(AttemptResult::Missing)),
+            GroupReply::Failed { running, failure } => (
+                started(running.number, running.kind),
+                Err(match failure {
+                    Failure::Error(e) => AttemptError::from_error(e),
+                    Failure::Panicked(join) => AttemptError::Retry(format!("panicked: {join}")),
+                    Failure::TimedOut(limit) => AttemptError::Retry(format!("timed out after {limit:?}")),
+                }),
+            ),
+        })
     }
 
     /// The pool for apalis's fetch, acknowledgement and heartbeat (see
@@ -183,6 +244,11 @@ impl JobRunner {
         job: Option<&QueueJob>,
     ) -> Result<Ack, JobError> {
         let started = std::time::Instant::now();
+        // The first attempt, if the fetch counted it, in a group transaction.
+        let mut grouped = match start {
+            Start::Counted => self.attempt_in_group(op, job).await,
+            Start::Here => None,
+        };
         let mut unstarted = 0u32;
         loop {
             let span = tracing::info_span!(
@@ -190,7 +256,10 @@ impl JobRunner {
                 kind = tracing::field::Empty,
                 attempt = tracing::field::Empty
             );
-            let (attempt, result) = self.attempt_once(op, start, job).instrument(span).await;
+            let (attempt, result) = match grouped.take() {
+                Some(done) => done,
+                None => self.attempt_once(op, start, job).instrument(span).await,
+            };
             let Some(attempt) = attempt else {
                 match result {
                     // The start changed nothing: final already, or gone.
@@ -330,12 +399,7 @@ impl JobRunner {
         let abort = task.abort_handle();
         let result = match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(Ok(result))) => Ok(result),
-            // The core's classifier decides: transient and unexplained
-            // database failures get another attempt (up to the bound); a
-            // value the database refuses or inconsistent stored data fails
-            // the same way every time.
-            Ok(Ok(Err(e))) if e.class().may_pass_on_retry() => Err(AttemptError::Retry(e.to_string())),
-            Ok(Ok(Err(e))) => Err(AttemptError::Permanent(e.to_string())),
+            Ok(Ok(Err(e))) => Err(AttemptError::from_error(e)),
             Ok(Err(join)) if join.is_panic() => Err(AttemptError::Retry(format!("panicked: {join}"))),
             Ok(Err(join)) => Err(AttemptError::Retry(format!("cancelled: {join}"))),
             Err(_) => {
@@ -376,6 +440,17 @@ enum AttemptError {
 }
 
 impl AttemptError {
+    /// The core's classifier decides: transient and unexplained database
+    /// failures get another attempt (up to the bound); a value the database
+    /// refuses or inconsistent stored data fails the same way every time.
+    fn from_error(e: Error) -> AttemptError {
+        if e.class().may_pass_on_retry() {
+            AttemptError::Retry(e.to_string())
+        } else {
+            AttemptError::Permanent(e.to_string())
+        }
+    }
+
     fn reason(self) -> String {
         match self {
             AttemptError::Retry(reason) | AttemptError::Permanent(reason) => reason,

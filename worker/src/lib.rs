@@ -6,6 +6,7 @@ pub mod ack;
 pub mod config;
 pub mod faults;
 pub mod fetch_gate;
+pub mod job_groups;
 pub mod job_runner;
 pub mod maintenance;
 pub mod supervise;
