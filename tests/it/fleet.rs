@@ -60,13 +60,6 @@ fn spawn_worker(db_url: &str, env: &[(&str, &str)]) -> Proc {
     cmd.envs(env).spawn()
 }
 
-async fn submit(app: &TestApp, invoice: &str, key: &str) -> String {
-    let r = app.mark_paid(invoice, key).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    op["id"].as_str().unwrap().to_owned()
-}
-
 /// (status, attempts) of an operation.
 async fn op_state(pool: &PgPool, id: &str) -> (String, i32) {
     sqlx::query_as("SELECT status, attempts FROM operations WHERE id = $1")
@@ -146,22 +139,6 @@ async fn invoice_trigger(pool: &PgPool, body: &str) {
         .execute(pool)
         .await
         .unwrap();
-}
-
-async fn assert_paid_once(pool: &PgPool, invoice: &str, op: &str) {
-    let (status, by): (String, Option<uuid::Uuid>) =
-        sqlx::query_as("SELECT status, paid_by_operation FROM invoices WHERE id = $1")
-            .bind(invoice)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), by), ("PAID", Some(op_uuid(op))));
-    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE entity_id = $1")
-        .bind(invoice)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(audits, 1, "audit entries of {invoice}");
 }
 
 // ---------------------------------------------------------------- crashes

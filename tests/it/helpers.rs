@@ -792,3 +792,29 @@ pub async fn create_migrated_db(cluster: &PgCluster) -> (String, PgPool) {
     idemq_core::db::migrate(&pool).await.unwrap();
     (url, pool)
 }
+
+/// `PATCH /invoices/{invoice}/mark-paid` under `key`, answered `202`: the
+/// operation's id.
+pub async fn submit(app: &TestApp, invoice: &str, key: &str) -> String {
+    let r = app.mark_paid(invoice, key).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    op["id"].as_str().unwrap().to_owned()
+}
+
+/// `invoice` paid by `op`, with one audit entry.
+pub async fn assert_paid_once(pool: &PgPool, invoice: &str, op: &str) {
+    let (status, by): (String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT status, paid_by_operation FROM invoices WHERE id = $1")
+            .bind(invoice)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), by), ("PAID", Some(op_uuid(op))));
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE entity_id = $1")
+        .bind(invoice)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audits, 1, "audit entries of {invoice}");
+}

@@ -5,7 +5,6 @@
 //! busy by holding a row lock on an invoice its job must update, and reads
 //! which transaction finished each operation from the rows' `xmin`.
 use reqwest::StatusCode;
-use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::helpers::*;
@@ -19,13 +18,6 @@ fn grouped(groups: u32) -> idemq_worker::WorkerConfig {
         job_max_attempts: 2,
         ..test_worker_config()
     }
-}
-
-async fn submit(app: &TestApp, invoice: &str) -> String {
-    let r = app.mark_paid(invoice, &format!("key-{invoice}")).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    op["id"].as_str().unwrap().to_owned()
 }
 
 /// Holds the row lock of `invoice` until the transaction is dropped or
@@ -76,34 +68,24 @@ async fn state(pool: &PgPool, op: &str) -> (String, i32, Option<i16>) {
         .unwrap()
 }
 
-async fn paid_once(pool: &PgPool, invoice: &str, op: &str) {
-    let (status, by): (String, Option<uuid::Uuid>) =
-        sqlx::query_as("SELECT status, paid_by_operation FROM invoices WHERE id = $1")
-            .bind(invoice)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), by), ("PAID", Some(op_uuid(op))), "{invoice}");
-    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE entity_id = $1")
-        .bind(invoice)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(audits, 1, "{invoice}");
-}
-
 /// The first job waits on `inv-hold`'s lock inside the worker's one group
 /// transaction; `then` are submitted meanwhile and are fetched and handed
 /// out, then the lock goes. Returns the operations, `inv-hold`'s first.
 async fn behind_a_busy_group(app: &TestApp, then: &[&str]) -> Vec<(String, String)> {
     let held = hold(&app.db.pool, "inv-hold").await;
-    let mut ops = vec![("inv-hold".to_owned(), submit(app, "inv-hold").await)];
+    let mut ops = vec![(
+        "inv-hold".to_owned(),
+        submit(app, "inv-hold", "key-inv-hold").await,
+    )];
     eventually("the first job waits for the invoice's lock", || async {
         lock_waiters(&app.db.pool).await >= 1
     })
     .await;
     for invoice in then {
-        ops.push((invoice.to_string(), submit(app, invoice).await));
+        ops.push((
+            invoice.to_string(),
+            submit(app, invoice, &format!("key-{invoice}")).await,
+        ));
     }
     let expected = ops.len() as i64;
     eventually("every job handed to the worker", || async {
@@ -129,7 +111,7 @@ async fn jobs_ready_while_the_group_transaction_is_busy_share_its_next_commit() 
         let done = app.await_final(op).await;
         assert_eq!(done["status"], "succeeded", "{invoice}: {done}");
         assert_eq!(state(&app.db.pool, op).await.1, 1, "{invoice}: one attempt");
-        paid_once(&app.db.pool, invoice, op).await;
+        assert_paid_once(&app.db.pool, invoice, op).await;
     }
     // The five that waited were finished by fewer commits than jobs.
     let largest = largest_commit(&app.db.pool).await;
@@ -160,7 +142,7 @@ async fn with_groups_off_every_job_commits_alone() {
     let ops = behind_a_busy_group(&app, &invoices).await;
     for (invoice, op) in &ops {
         assert_eq!(app.await_final(op).await["status"], "succeeded");
-        paid_once(&app.db.pool, invoice, op).await;
+        assert_paid_once(&app.db.pool, invoice, op).await;
     }
     assert_eq!(largest_commit(&app.db.pool).await, 1);
     app.stop_workers().await;
@@ -199,7 +181,7 @@ async fn a_job_that_fails_inside_a_group_fails_alone_and_costs_the_others_no_att
             assert_eq!(done["status"], "succeeded", "{invoice}: {done}");
             // The group that rolled back did not spend their counted attempt.
             assert_eq!(state(&app.db.pool, op).await.1, 1, "{invoice}");
-            paid_once(&app.db.pool, invoice, op).await;
+            assert_paid_once(&app.db.pool, invoice, op).await;
         }
     }
     // Nothing of the failed job was written by the group that held it.
