@@ -121,26 +121,6 @@ async fn holder_pid(pool: &PgPool, id: &str) -> u32 {
     pid.parse().unwrap_or_else(|_| panic!("no pid in {lock_by}"))
 }
 
-/// A trigger on `invoices` that runs `body` (PL/pgSQL) before each update;
-/// `attempt` is the operation's attempt number.
-async fn invoice_trigger(pool: &PgPool, body: &str) {
-    let sql = format!(
-        "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $f$
-         DECLARE attempt integer;
-         BEGIN
-            SELECT attempts INTO attempt FROM operations WHERE id = NEW.paid_by_operation;
-            {body}
-            RETURN NEW;
-         END $f$;
-         CREATE TRIGGER test_fault BEFORE UPDATE ON invoices
-            FOR EACH ROW EXECUTE FUNCTION test_fault();"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
 // ---------------------------------------------------------------- crashes
 
 #[tokio::test]

@@ -818,3 +818,23 @@ pub async fn assert_paid_once(pool: &PgPool, invoice: &str, op: &str) {
         .unwrap();
     assert_eq!(audits, 1, "audit entries of {invoice}");
 }
+
+/// A trigger on `invoices` that runs `body` (PL/pgSQL) before each update;
+/// `attempt` is the operation's attempt number.
+pub async fn invoice_trigger(pool: &PgPool, body: &str) {
+    let sql = format!(
+        "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $f$
+         DECLARE attempt integer;
+         BEGIN
+            SELECT attempts INTO attempt FROM operations WHERE id = NEW.paid_by_operation;
+            {body}
+            RETURN NEW;
+         END $f$;
+         CREATE TRIGGER test_fault BEFORE UPDATE ON invoices
+            FOR EACH ROW EXECUTE FUNCTION test_fault();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}

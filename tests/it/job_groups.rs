@@ -155,18 +155,11 @@ async fn a_job_that_fails_inside_a_group_fails_alone_and_costs_the_others_no_att
         app.insert_invoice(invoice).await;
     }
     // Every update of inv-bad fails, as a broken row or a bug would.
-    sqlx::raw_sql(
-        "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $f$
-         BEGIN
-            IF NEW.id = 'inv-bad' THEN RAISE EXCEPTION 'inv-bad cannot be paid'; END IF;
-            RETURN NEW;
-         END $f$;
-         CREATE TRIGGER test_fault BEFORE UPDATE ON invoices
-            FOR EACH ROW EXECUTE FUNCTION test_fault();",
+    invoice_trigger(
+        &app.db.pool,
+        "IF NEW.id = 'inv-bad' THEN RAISE EXCEPTION 'inv-bad cannot be paid'; END IF;",
     )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    .await;
     app.start_worker_with(grouped(1)).await;
 
     let ops = behind_a_busy_group(&app, &["inv-1", "inv-bad", "inv-2"]).await;
