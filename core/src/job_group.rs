@@ -77,6 +77,8 @@ pub struct Running {
     /// Its attempt: `operations.attempts` as the fetch left it.
     pub number: i32,
     pub kind: OperationKind,
+    /// When its work began.
+    pub since: std::time::Instant,
 }
 
 /// What bounds a group's jobs: the attempt's time limit (each statement's
@@ -184,6 +186,7 @@ pub async fn run(
                 member: at,
                 number: row.attempts,
                 kind,
+                since: std::time::Instant::now(),
             }));
             if number > max_attempts {
                 let done = finish(

@@ -190,3 +190,39 @@ async fn a_job_that_fails_inside_a_group_fails_alone_and_costs_the_others_no_att
     );
     app.stop_workers().await;
 }
+
+#[tokio::test]
+async fn a_group_too_slow_only_for_its_size_charges_none_of_its_jobs_an_attempt() {
+    let mut app = spawn_app().await;
+    let invoices = ["inv-1", "inv-2", "inv-3", "inv-4"];
+    app.insert_invoice("inv-hold").await;
+    for invoice in invoices {
+        app.insert_invoice(invoice).await;
+    }
+    // Each payment takes 0.4 s: four in one group take 1.6 s, past the 1 s
+    // limit, though none is slow by itself.
+    invoice_trigger(
+        &app.db.pool,
+        "IF NEW.id <> 'inv-hold' THEN PERFORM pg_sleep(0.4); END IF;",
+    )
+    .await;
+    app.start_worker_with(idemq_worker::WorkerConfig {
+        job_timeout: std::time::Duration::from_secs(1),
+        ..grouped(1)
+    })
+    .await;
+
+    let ops = behind_a_busy_group(&app, &invoices).await;
+    for (invoice, op) in &ops[1..] {
+        let done = app.await_final(op).await;
+        assert_eq!(done["status"], "succeeded", "{invoice}: {done}");
+        assert_eq!(
+            state(&app.db.pool, op).await.1,
+            1,
+            "{invoice}: the group's time limit is not its failure"
+        );
+        assert_paid_once(&app.db.pool, invoice, op).await;
+    }
+    assert_eq!(app.await_final(&ops[0].1).await["status"], "succeeded");
+    app.stop_workers().await;
+}

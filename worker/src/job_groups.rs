@@ -180,7 +180,13 @@ async fn run_group(context: &GroupContext, group: Vec<Waiting>) {
     // Rolled back as a whole. The job whose work was under way failed its
     // attempt; the others run alone, where nothing of another job touches
     // them.
-    let culprit = running.lock().ok().and_then(|r| *r);
+    let culprit = running.lock().ok().and_then(|r| *r).filter(|job| match failure {
+        // The group's time limit passed: the job then under way is the
+        // slow one only if it took most of it itself; else the group's jobs
+        // together were too slow, and none of them has failed.
+        Failure::TimedOut(limit) => job.since.elapsed() >= limit / 2,
+        _ => true,
+    });
     tracing::warn!(
         size,
         failure = ?failure,
