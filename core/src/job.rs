@@ -279,31 +279,73 @@ pub async fn open_attempt<'c>(
     let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(opening))
         .fetch_all(&mut *conn.conn)
         .await?;
-    let row = rows.iter().rev().find(|r| r.try_column("kind").is_ok());
+    let row = rows.iter().rev().find(|r| LockedRow::is_one(r));
     let Some(row) = row else {
         // Nothing to run: rolled back now, the lock released with it.
         conn.end("ROLLBACK").await?;
         return Ok(Opened::Missing);
     };
-    let status: String = row.try_get("status")?;
+    let row = LockedRow::read(row)?;
     // The start leaves the operation `running`. Final: the start changed
     // nothing (a redelivery). `queued`: it changed nothing either (the
     // operation was final then, and an operator's retry has since queued it
     // again with a job of its own, which runs it).
-    if OperationStatus::parse(&status) != Some(OperationStatus::Running) {
+    if !row.running {
         conn.end("ROLLBACK").await?;
         return Ok(Opened::AlreadyFinished);
     }
-    let kind: String = row.try_get("kind")?;
-    let kind = OperationKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("kind {kind}")))?;
     Ok(Opened::Locked(Locked {
-        number: row.try_get("attempts")?,
-        principal: row.try_get("principal_id")?,
-        request: row.try_get("request")?,
+        kind: row.kind()?,
+        number: row.attempts,
+        principal: row.principal,
+        request: row.request,
         conn,
         op,
-        kind,
     }))
+}
+
+/// An operation row as step 1's locking read returns it: `LOCK_OPERATION`,
+/// and the opening of a group transaction (`job_group`).
+pub(crate) struct LockedRow {
+    /// Whether the attempt's start left it `running` (else it is final, or
+    /// queued again by an operator: not this attempt's to run).
+    pub running: bool,
+    kind: String,
+    pub principal: uuid::Uuid,
+    pub request: Value,
+    /// `operations.attempts`: the attempt's number.
+    pub attempts: i32,
+}
+
+impl LockedRow {
+    /// Whether `row`, one row of a multi-statement answer, is an operation
+    /// row (the message's other statements answer none).
+    pub(crate) fn is_one(row: &sqlx::postgres::PgRow) -> bool {
+        row.try_column("kind").is_ok()
+    }
+
+    pub(crate) fn read(row: &sqlx::postgres::PgRow) -> Result<LockedRow, Error> {
+        let status: String = row.try_get("status")?;
+        Ok(LockedRow {
+            running: OperationStatus::parse(&status) == Some(OperationStatus::Running),
+            kind: row.try_get("kind")?,
+            principal: row.try_get("principal_id")?,
+            request: row.try_get("request")?,
+            attempts: row.try_get("attempts")?,
+        })
+    }
+
+    pub(crate) fn kind(&self) -> Result<OperationKind, Error> {
+        OperationKind::parse(&self.kind).ok_or_else(|| Error::Corrupt(format!("kind {}", self.kind)))
+    }
+
+    /// The kind as stored, and the entity the request names: the order in
+    /// which a group runs its jobs, so that two groups lock business rows in
+    /// one order.
+    pub(crate) fn lock_order(&self) -> (String, String) {
+        let entity = self.request["params"]["id"].as_str().unwrap_or_default();
+        (self.kind.clone(), entity.to_owned())
+    }
 }
 
 impl Locked<'_> {

@@ -18,7 +18,7 @@ use sqlx::Row;
 
 use crate::{
     business::Actor,
-    job::{execute, exhausted, finish, Ack, JobConnection, QueueJob},
+    job::{execute, exhausted, finish, Ack, JobConnection, LockedRow, QueueJob},
     notifier::Notifier,
     operation::{OperationId, OperationKind, OperationStatus},
     Error,
@@ -91,16 +91,6 @@ pub struct Limits {
     pub max_attempts: u32,
 }
 
-/// A locked operation row of the group.
-struct Row_ {
-    op: OperationId,
-    status: String,
-    kind: String,
-    principal: uuid::Uuid,
-    request: Value,
-    attempts: i32,
-}
-
 /// Runs `members` in one transaction on `conn` and commits; the results in
 /// the order of `members`. `before_effect` is called for each job about to
 /// run its effect (the worker's test-only faults). `running` tells, at any
@@ -148,39 +138,28 @@ pub async fn run(
         .fetch_all(&mut *conn.conn)
         .await?;
     let mut locked = Vec::with_capacity(rows.len());
-    for row in rows.iter().filter(|r| r.try_column("kind").is_ok()) {
+    for row in rows.iter().filter(|r| LockedRow::is_one(r)) {
         let id: uuid::Uuid = row.try_get("id")?;
-        locked.push(Row_ {
-            op: OperationId::from_uuid(id),
-            status: row.try_get("status")?,
-            kind: row.try_get("kind")?,
-            principal: row.try_get("principal_id")?,
-            request: row.try_get("request")?,
-            attempts: row.try_get("attempts")?,
-        });
+        locked.push((OperationId::from_uuid(id), LockedRow::read(row)?));
     }
     // The effects in the order of what they lock (kind, then the entity the
     // request names), so that two groups lock business rows in one order.
-    let entity = |r: &Row_| r.request["params"]["id"].as_str().unwrap_or_default().to_owned();
-    locked.sort_by(|a, b| {
-        (a.kind.as_str(), entity(a), a.op.uuid()).cmp(&(b.kind.as_str(), entity(b), b.op.uuid()))
-    });
+    locked.sort_by_cached_key(|(op, row)| (row.lock_order(), op.uuid()));
 
     let mut settled = vec![Settled::Missing; members.len()];
     let mut audits = Vec::new();
     let mut announce = Vec::new();
     conn.within(async |tx| {
-        for row in &locked {
-            let Some(at) = members.iter().position(|m| m.op == row.op) else {
+        for (op, row) in &locked {
+            let Some(at) = members.iter().position(|m| m.op == *op) else {
                 continue;
             };
             let member = &members[at];
-            if OperationStatus::parse(&row.status) != Some(OperationStatus::Running) {
+            if !row.running {
                 settled[at] = Settled::AlreadyFinished;
                 continue;
             }
-            let kind = OperationKind::parse(&row.kind)
-                .ok_or_else(|| Error::Corrupt(format!("kind {}", row.kind)))?;
+            let kind = row.kind()?;
             let number = u32::try_from(row.attempts).unwrap_or(u32::MAX);
             set_running(Some(Running {
                 member: at,
@@ -191,7 +170,7 @@ pub async fn run(
             if number > max_attempts {
                 let done = finish(
                     tx,
-                    row.op,
+                    *op,
                     &exhausted(row.attempts - 1),
                     ttl,
                     Some("exhausted"),
@@ -199,7 +178,7 @@ pub async fn run(
                 )
                 .await?;
                 if done.waited_for {
-                    announce.push(row.op);
+                    announce.push(*op);
                 }
                 settled[at] = Settled::Exhausted {
                     number: row.attempts,
@@ -209,15 +188,15 @@ pub async fn run(
                 set_running(None);
                 continue;
             }
-            before_effect(row.op, kind, number, &row.request);
+            before_effect(*op, kind, number, &row.request);
             let actor = Actor {
-                operation: row.op,
+                operation: *op,
                 principal: row.principal,
             };
             let outcome = execute(tx, actor, kind, &row.request).await?;
-            let done = finish(tx, row.op, &outcome, ttl, None, member.job.as_ref()).await?;
+            let done = finish(tx, *op, &outcome, ttl, None, member.job.as_ref()).await?;
             if done.waited_for {
-                announce.push(row.op);
+                announce.push(*op);
             }
             if let Some(audit) = outcome.audit {
                 audits.push(audit);
