@@ -121,7 +121,8 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
     }
     stages(db, report, wall_t0).await?;
     pauses(db, report, wall_t0).await?;
-    slowest(db, report, wall_t0, interval, warm, &timeline).await?;
+    stage_medians(db, report, wall_t0, interval, warm, &timeline, Band::All).await?;
+    stage_medians(db, report, wall_t0, interval, warm, &timeline, Band::Slowest).await?;
     report.figure(
         "achieved_rate",
         n as f64 / elapsed.as_secs_f64(),
@@ -303,8 +304,18 @@ async fn stages(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow:
     Ok(())
 }
 
-/// Where the slowest requests' time went (those at or above the p99), each
-/// request's stages from its own clocks: scheduled send → the record's
+/// Which requests `stage_medians` describes.
+#[derive(Clone, Copy, PartialEq)]
+enum Band {
+    /// Every measured request: where the typical (p50) request's time goes.
+    All,
+    /// Those at or above the p99.
+    Slowest,
+}
+
+/// Where the requests' time went (every request, or the slowest: those at
+/// or above the p99), each request's stages from its own clocks: scheduled
+/// send → the record's
 /// transaction starts (`operations.created_at`: the HTTP request, auth, the
 /// API's wait for a connection) → the job is fetched (`lock_at`: the
 /// record's commit, its notice, the worker's wake-up and fetch) → the job's
@@ -314,19 +325,22 @@ async fn stages(db: &RunDb, report: &mut Report, wall_t0: SystemTime) -> anyhow:
 /// many distinct 100 ms windows of the schedule they fall in: a few
 /// windows mean a stall shared by everything in flight, many mean
 /// requests slow on their own.
-async fn slowest(
+async fn stage_medians(
     db: &RunDb,
     report: &mut Report,
     wall_t0: SystemTime,
     interval: Duration,
     warm: u64,
     timeline: &[(u64, Duration)],
+    band: Band,
 ) -> anyhow::Result<()> {
     let t0 = epoch_seconds(wall_t0);
-    // The slowest 1 % by rank (at least one): the p99 and above.
     let mut slow: Vec<_> = timeline.iter().collect();
-    slow.sort_unstable_by_key(|(_, latency)| std::cmp::Reverse(*latency));
-    slow.truncate(timeline.len().div_ceil(100).max(1));
+    if band == Band::Slowest {
+        // The slowest 1 % by rank (at least one): the p99 and above.
+        slow.sort_unstable_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+        slow.truncate(timeline.len().div_ceil(100).max(1));
+    }
     let keys: Vec<String> = slow.iter().map(|(i, _)| format!("lat-{i}")).collect();
     // Scheduled send, epoch seconds: invoice warm + 1 was sent at t0.
     let sent: Vec<f64> = slow
@@ -381,17 +395,28 @@ async fn slowest(
     .fetch_one(&db.pool)
     .await?;
     let f = one_decimal;
+    let name = match band {
+        Band::All => "stages_of_all_ms",
+        Band::Slowest => "slowest_stages_ms",
+    };
     report.results.push((
-        "slowest_stages_ms".into(),
+        name.into(),
         serde_json::json!({
             "requests": row.0, "to_record_p50": row.1, "to_fetch_p50": row.2,
             "to_open_p50": row.3, "to_answer_p50": row.4, "total_p50": row.5,
             "windows_100ms": row.6, "windows": row.7, "longest_stage_counts": row.8,
         }),
-        format!(
-            "the {} requests ≥ p99, medians: send → record starts {} | → job fetched {} | → job opens {} | → answered {} | total {} ms; in {} windows of 100 ms ({}); longest stage (record, fetched, opens, answered): {:?}",
-            row.0, f(row.1), f(row.2), f(row.3), f(row.4), f(row.5), row.6, row.7.unwrap_or_default(), row.8
-        ),
+        match band {
+            // Spread over the whole run: the windows say nothing.
+            Band::All => format!(
+                "the {} requests, medians: send → record starts {} | → job fetched {} | → job opens {} | → answered {} | total {} ms",
+                row.0, f(row.1), f(row.2), f(row.3), f(row.4), f(row.5)
+            ),
+            Band::Slowest => format!(
+                "the {} requests ≥ p99, medians: send → record starts {} | → job fetched {} | → job opens {} | → answered {} | total {} ms; in {} windows of 100 ms ({}); longest stage (record, fetched, opens, answered): {:?}",
+                row.0, f(row.1), f(row.2), f(row.3), f(row.4), f(row.5), row.6, row.7.unwrap_or_default(), row.8
+            ),
+        },
     ));
     Ok(())
 }
