@@ -99,8 +99,8 @@ const LOCK_OPERATION: &str =
 /// Who counts the attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// The worker's fetch did (`fetch_jobs_starting_attempts`, migration
-    /// `20261202000040_fetch_starts_attempts.sql`), committed before the job
+    /// The worker's fetch did (`FETCH_STARTING_ATTEMPTS` in
+    /// worker/src/fetch_gate.rs), committed before the job
     /// was handed out: the first attempt of a delivery, nearly always.
     Counted,
     /// The attempt's opening message does (`start_attempt`): a retry within

@@ -25,7 +25,7 @@ pub const APALIS_MAX_ATTEMPTS: usize = 25;
 pub struct JobPayload {
     pub operation_id: Uuid,
     /// Never stored: the attempt the worker's fetch counted for this
-    /// delivery (`fetch_jobs_starting_attempts`, docs/job-path.md "Waking
+    /// delivery (`FETCH_STARTING_ATTEMPTS` in worker/src/fetch_gate.rs, docs/job-path.md "Waking
     /// and fetching"), so that its first attempt does not start itself.
     /// `None`: the fetch counted nothing (the operation was final, gone, or
     /// locked by an attempt in flight): the attempt starts itself.

@@ -1,9 +1,10 @@
 //! The fetch gate (worker/src/fetch_gate.rs, docs/job-path.md "Waking and
 //! fetching"): a worker fetches after a notice, after a full batch and on
 //! its poll timer, and at no other time. Fetches are counted by the
-//! database: `apalis.get_jobs` is wrapped, for the test, in a function that
-//! records each call (in the fetch's own statement, so the count is exact
-//! and visible as soon as the fetch returns).
+//! database: `queue_paused`, which every fetch calls once for its limit, is
+//! wrapped, for the test, in a function that records each call (in the
+//! fetch's own statement, so the count is exact and visible as soon as the
+//! fetch returns); the jobs a fetch took share its `lock_at`.
 use std::time::Duration;
 
 use idemq_core::{
@@ -14,22 +15,21 @@ use idemq_core::{
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sqlx::Row;
 
 use crate::helpers::*;
 
-/// Wraps `apalis.get_jobs` so that every call of it is a row of
-/// `test_fetches`. Before any worker connects (a connection keeps its plan).
+/// Wraps `queue_paused` (the fetch's paused-queue check, made once per
+/// fetch) so that every fetch is a row of `test_fetches`. Before any worker
+/// connects (a connection keeps its plan).
 async fn count_fetches(app: &TestApp) {
     sqlx::raw_sql(
-        "CREATE TABLE test_fetches (queue text NOT NULL, jobs integer);
-         ALTER FUNCTION apalis.get_jobs(text, text, integer) RENAME TO get_jobs_uncounted;
-         CREATE FUNCTION apalis.get_jobs(worker_id text, v_job_type text, v_job_count integer DEFAULT 5)
-         RETURNS SETOF apalis.jobs LANGUAGE plpgsql VOLATILE AS $$
-         DECLARE n integer;
+        "CREATE TABLE test_fetches (queue text NOT NULL);
+         ALTER FUNCTION queue_paused(text) RENAME TO queue_paused_uncounted;
+         CREATE FUNCTION queue_paused(p_queue text) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
          BEGIN
-             RETURN QUERY SELECT * FROM apalis.get_jobs_uncounted(worker_id, v_job_type, v_job_count);
-             GET DIAGNOSTICS n = ROW_COUNT;
-             INSERT INTO public.test_fetches VALUES (v_job_type, n);
+             INSERT INTO public.test_fetches VALUES (p_queue);
+             RETURN queue_paused_uncounted(p_queue);
          END $$;",
     )
     .execute(&app.db.pool)
@@ -86,10 +86,15 @@ async fn one_job_at_a_time_costs_one_fetch_each() {
         (i64::from(jobs)..=i64::from(jobs) + 1).contains(&per_job),
         "{per_job} fetches for {jobs} jobs"
     );
+    // A fetch stamps the jobs it takes with its `lock_at` (and its worker).
     let found = app
-        .count("SELECT count(*) FROM test_fetches WHERE queue = 'payments' AND jobs = 1")
+        .count("SELECT count(DISTINCT (lock_by, lock_at)) FROM apalis.jobs WHERE job_type = 'payments'")
         .await;
-    assert_eq!(found, i64::from(jobs) + 1, "each job was found by one fetch");
+    assert_eq!(
+        found,
+        i64::from(jobs) + 1,
+        "each job was found by a fetch of its own"
+    );
 }
 
 #[tokio::test]
@@ -357,7 +362,7 @@ async fn recorded(app: &TestApp, invoice: &str) -> uuid::Uuid {
 }
 
 /// What the fetch counts, and what it leaves to the attempt itself: the
-/// function on its own, no worker.
+/// worker's fetch statement on its own, no worker.
 #[tokio::test]
 async fn the_fetch_skips_final_locked_and_foreign_jobs_and_counts_the_rest() {
     let app = spawn_app().await;
@@ -387,11 +392,18 @@ async fn the_fetch_skips_final_locked_and_foreign_jobs_and_counts_the_rest() {
         .await
         .unwrap();
 
-    let fetched: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT id, job FROM fetch_jobs_starting_attempts('w', 'payments', 10, 'proc')")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    // The worker's statement, as it runs it.
+    let fetched: Vec<(String, Vec<u8>)> = sqlx::query(idemq_worker::fetch_gate::FETCH_STARTING_ATTEMPTS)
+        .bind("w")
+        .bind("payments")
+        .bind(10)
+        .bind("proc")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get("id"), row.get("job")))
+        .collect();
     holder.rollback().await.unwrap();
     assert_eq!(fetched.len(), 5, "every job is handed out");
     let payloads: Vec<Value> = fetched

@@ -234,6 +234,37 @@ async fn our_fetch_is_apalis_latest_fetch_statement_in_plpgsql() {
     );
 }
 
+/// The worker's fetch (`FETCH_STARTING_ATTEMPTS`) takes jobs with apalis's
+/// latest `get_jobs` statement, word for word, but for the parameters, the
+/// paused-queue limit and the statement being one step of a larger one.
+#[test]
+fn the_workers_fetch_takes_jobs_with_apalis_latest_fetch_statement() {
+    let migrations = apalis_postgres::PostgresStorage::migrations();
+    let latest = migrations
+        .iter()
+        .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
+        .expect("apalis defines get_jobs");
+    let theirs = normalised(latest.sql.as_str());
+    let from = theirs.find("WITH jobs AS (").expect("apalis's statement starts");
+    let to = theirs.find("RETURNING j.*").expect("apalis's statement ends") + "RETURNING j.*".len();
+    let statement = theirs[from..to]
+        .replace("job_type = v_job_type", "job_type = $2")
+        .replace(
+            "LIMIT v_job_count",
+            "LIMIT (CASE WHEN queue_paused($2) THEN 0 ELSE $3 END)",
+        )
+        .replace(") UPDATE apalis.jobs j", "), taken AS ( UPDATE apalis.jobs j")
+        .replace("lock_by = worker_id", "lock_by = $1");
+    let ours = normalised(idemq_worker::fetch_gate::FETCH_STARTING_ATTEMPTS);
+    assert!(
+        ours.starts_with(&statement),
+        "the worker's fetch no longer takes jobs as apalis's fetch does (migration {} {}): \
+         re-check worker/src/fetch_gate.rs\napalis: {statement}\nours:   {ours}",
+        latest.version,
+        latest.description
+    );
+}
+
 /// The overrides were written against apalis-postgres's migration list
 /// (`APALIS_MIGRATIONS_REVIEWED`); an upgrade that changes it must be
 /// reviewed before this passes.

@@ -9,9 +9,9 @@
 //! apalis-core, so the gate never lets it fetch: it never calls the
 //! storage's `poll_next`. The storage still registers the worker, beats its
 //! heart and sweeps orphans (its `poll_ready`, driven by apalis as before),
-//! and the jobs are apalis's rows, taken by apalis's own `apalis.get_jobs`:
-//! the board, the orphan sweep and the reconciler see what they saw before.
-//! The statement that calls it, `fetch_jobs_starting_attempts`, also counts
+//! and the jobs are apalis's rows, taken by apalis's own `get_jobs`
+//! statement: the board, the orphan sweep and the reconciler see what they
+//! saw before. The same statement, [`FETCH_STARTING_ATTEMPTS`], also counts
 //! the attempt of each job's operation (docs/job-path.md "The job
 //! transaction"): one statement a batch, where each job used to start its
 //! attempt in a transaction of its own.
@@ -248,14 +248,105 @@ impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
     }
 }
 
-/// One fetch: `fetch_jobs_starting_attempts` (migration
-/// `20261202000040_fetch_starts_attempts.sql`), which takes up to a batch of
-/// jobs with apalis's own `apalis.get_jobs` and, in the same statement,
-/// counts the attempt of each job's operation (what `start_attempt` does per
-/// attempt otherwise). A job so counted carries the attempt in its payload
-/// (`JobPayload::started_attempt`). The rows become tasks as apalis's own
-/// fetch makes them (`apalis_postgres::from_row`, private to it).
-async fn fetch_starting_attempts(
+/// The fetch, one statement: up to a batch of jobs taken with apalis's own
+/// `get_jobs` statement, word for word (the order, `SKIP LOCKED`, the rows
+/// apalis and its board see are apalis's; tests/it/queue_schema.rs compares
+/// the two), its limit 0 on a paused queue (`queue_paused`); and, for each
+/// job's operation that is neither final nor locked by an attempt in flight
+/// (`SKIP LOCKED`: that attempt may finish it, and the fetch must never
+/// wait), the attempt counted as `start_attempt` counts it: `running`,
+/// `attempts + 1`, the attempt's row opened by this process, an earlier row
+/// still open closed as `abandoned`. A job so counted comes back with its
+/// payload rewritten to carry the attempt (`{"operationId": …,
+/// "startedAttempt": n}`, `JobPayload::started_attempt`); the others come
+/// back as stored, and their handler starts the attempt itself. `$1` the
+/// apalis worker (queue loop), `$2` the queue, `$3` the batch size, `$4`
+/// the name the attempts' rows carry.
+///
+/// One statement, one snapshot: every job it takes has its operation
+/// visible (they commit together). The operation id is read from the
+/// payload by `job_operation_id` (a payload that is not ours gives NULL,
+/// never an error). The operations are probed by primary key through
+/// `= ANY (array)`, whatever the planner thinks of the jobs' count.
+/// (Migration `20261207000000_fetch_one_statement.sql` says what this
+/// replaced and why.)
+pub const FETCH_STARTING_ATTEMPTS: &str = r"WITH jobs AS (
+    SELECT id
+    FROM apalis.jobs
+    WHERE
+        (
+            status = 'Pending'
+            OR (
+                status = 'Failed'
+                AND attempts < max_attempts
+            )
+        )
+        AND run_at < now()
+        AND job_type = $2
+    ORDER BY priority DESC, run_at ASC
+    LIMIT (CASE WHEN queue_paused($2) THEN 0 ELSE $3 END)
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE apalis.jobs j
+    SET
+        status = 'Queued',
+        lock_by = $1,
+        lock_at = now()
+    FROM jobs
+    WHERE j.id = jobs.id
+    RETURNING j.*, job_operation_id(j.job) AS operation_id
+), claimed AS (
+    SELECT o.id
+    FROM operations o
+    WHERE o.id = ANY ((SELECT array_agg(operation_id) FROM taken)::uuid[])
+      AND o.status IN ('queued', 'running')
+    FOR UPDATE SKIP LOCKED
+), started AS (
+    UPDATE operations o
+    SET status = 'running', attempts = o.attempts + 1, updated_at = now()
+    FROM claimed
+    WHERE o.id = claimed.id
+    RETURNING o.id, o.attempts
+), closed AS (
+    -- Attempt 1 has no earlier row (an operator's retry restarts the
+    -- numbering only on a final operation, whose rows are all closed).
+    UPDATE operation_attempts a
+    SET ended_at = now(), outcome = 'abandoned'
+    FROM started s
+    WHERE a.operation_id = s.id AND s.attempts > 1 AND a.ended_at IS NULL
+), opened AS (
+    INSERT INTO operation_attempts (operation_id, attempt, worker)
+    SELECT s.id, s.attempts, $4 FROM started s
+)
+SELECT CASE WHEN s.attempts IS NULL THEN t.job
+            ELSE convert_to(json_build_object('operationId', s.id, 'startedAttempt', s.attempts)::text, 'UTF8')
+       END AS job,
+       t.id, t.job_type, t.status, t.attempts, t.max_attempts, t.run_at,
+       t.lock_at, t.lock_by, t.done_at, t.priority, t.idempotency_key, t.metadata
+FROM taken t LEFT JOIN started s ON s.id = t.operation_id";
+
+/// A row of [`FETCH_STARTING_ATTEMPTS`]: apalis's job columns.
+#[derive(sqlx::FromRow)]
+struct FetchedRow {
+    job: Vec<u8>,
+    id: String,
+    job_type: String,
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: chrono::DateTime<chrono::Utc>,
+    lock_at: Option<chrono::DateTime<chrono::Utc>>,
+    lock_by: Option<String>,
+    done_at: Option<chrono::DateTime<chrono::Utc>>,
+    priority: Option<i32>,
+    idempotency_key: Option<String>,
+    metadata: Option<PgHstore>,
+}
+
+/// One fetch ([`FETCH_STARTING_ATTEMPTS`]); the rows become tasks as
+/// apalis's own fetch makes them (`apalis_postgres::from_row`, private to
+/// it).
+pub async fn fetch_starting_attempts(
     conn: &mut PgConnection,
     config: &apalis_postgres::Config,
     worker: &str,
@@ -263,19 +354,13 @@ async fn fetch_starting_attempts(
 ) -> Result<Vec<PgTask>, apalis_postgres::Error> {
     let queue: &str = config.queue.as_ref();
     let batch = i32::try_from(config.batch_size).unwrap_or(i32::MAX);
-    let rows = sqlx::query!(
-        r#"SELECT job AS "job!", id AS "id!", job_type AS "job_type!", status AS "status!",
-                  attempts AS "attempts!", max_attempts AS "max_attempts!", run_at AS "run_at!",
-                  lock_at, lock_by, done_at, priority, idempotency_key,
-                  metadata AS "metadata: PgHstore"
-           FROM fetch_jobs_starting_attempts($1, $2, $3, $4)"#,
-        worker,
-        queue,
-        batch,
-        process,
-    )
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query_as::<_, FetchedRow>(FETCH_STARTING_ATTEMPTS)
+        .bind(worker)
+        .bind(queue)
+        .bind(batch)
+        .bind(process)
+        .fetch_all(conn)
+        .await?;
     let seconds = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp()).unwrap_or(0);
     rows.into_iter()
         .map(|r| {
