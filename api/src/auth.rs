@@ -7,7 +7,7 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        RwLock,
     },
     time::{Duration, Instant},
 };
@@ -17,8 +17,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use idemq_core::principal::{self, Principal, TokenHash, REVOKED_CHANNEL};
-use sqlx::{postgres::PgListener, PgPool};
+use idemq_core::principal::{self, Principal, TokenHash};
 
 use crate::{error::ApiError, rate_limit, AppState};
 
@@ -62,8 +61,9 @@ impl TokenCache {
         }
     }
 
-    /// Drops one token (`Some`), or all of them.
-    fn forget(&self, hash: Option<&TokenHash>) {
+    /// Drops one token (`Some`: a revocation notice, `crate::notices`), or
+    /// all of them (notices may have been lost).
+    pub(crate) fn forget(&self, hash: Option<&TokenHash>) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
         match hash {
@@ -72,47 +72,6 @@ impl TokenCache {
             }
             None => entries.clear(),
         }
-    }
-
-    /// Listens for revocations for as long as the cache lives. Notices sent
-    /// while the listener is not connected are lost, so it forgets every
-    /// token each time it has (re)connected — not when the connection drops:
-    /// during an outage the cached tokens keep a 429 free of the database.
-    pub fn spawn_revocation_listener(self: &Arc<Self>, pool: PgPool) {
-        let cache = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
-                    Ok(mut listener) => match listener.listen(REVOKED_CHANNEL).await {
-                        Ok(()) => {
-                            let Some(c) = cache.upgrade() else { return };
-                            c.forget(None);
-                            drop(c);
-                            loop {
-                                let received = listener.try_recv().await;
-                                let Some(c) = cache.upgrade() else { return };
-                                match received {
-                                    // An unreadable payload: forget everything.
-                                    Ok(Some(n)) => c.forget(TokenHash::from_hex(n.payload()).as_ref()),
-                                    // Connection lost: reconnect (below) and forget then.
-                                    Ok(None) => break,
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "token revocation listener failed");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot LISTEN for token revocations"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "cannot connect the token revocation listener"),
-                }
-                if cache.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
     }
 }
 

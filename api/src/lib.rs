@@ -6,6 +6,7 @@ pub mod extract;
 pub mod final_answers;
 pub mod guard;
 pub mod idempotency;
+pub mod notices;
 pub mod openapi;
 pub mod ops;
 pub mod process;
@@ -72,10 +73,10 @@ pub struct SharedState {
 }
 
 impl AppState {
-    /// Also starts the completion listener for `Prefer: wait`.
+    /// Also starts the process's notice listener (completions for
+    /// `Prefer: wait`, token revocations).
     pub fn new(pool: PgPool, config: &ApiConfig) -> Self {
         let waiters = Waiters::default();
-        waiters.spawn_listener(pool.clone());
         let limits = config.rate_limit_enabled.then(|| {
             rate_limit::Limits::new(
                 config.rate_limit_sensitive,
@@ -85,7 +86,7 @@ impl AppState {
         });
         let records = KeptPool::new(pool.clone());
         let tokens = Arc::<TokenCache>::default();
-        tokens.spawn_revocation_listener(pool.clone());
+        notices::spawn(pool.clone(), waiters.clone(), &tokens);
         AppState(Arc::new(SharedState {
             notifier: Notifier::spawn(pool.clone()),
             final_answers: Arc::default(),

@@ -1,7 +1,8 @@
-//! `Prefer: wait`: requests waiting for their operation to finish. One
-//! LISTEN connection per process receives every completion (sent after the
-//! job's commit) and wakes only the requests waiting for that id; a waiting
-//! request reads its operation again only if no notice came for a second.
+//! `Prefer: wait`: requests waiting for their operation to finish. The
+//! process's LISTEN connection (`crate::notices`) receives every completion
+//! (sent after the job's commit) and wakes only the requests waiting for
+//! that id; a waiting request reads its operation again only if no notice
+//! came for a second.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -9,11 +10,11 @@ use std::{
 };
 
 use idemq_core::{
-    idempotency::{self, FINISHED_CHANNEL},
+    idempotency,
     operation::{Operation, OperationId},
     principal::Principal,
 };
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -32,51 +33,16 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    /// Starts the listener task; it reconnects by itself and, after a gap in
-    /// which notices may have been lost, wakes every waiter to look again.
-    pub fn spawn_listener(&self, pool: PgPool) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
-                    Ok(mut listener) => {
-                        if let Err(e) = listener.listen(FINISHED_CHANNEL).await {
-                            tracing::warn!(error = %e, "cannot LISTEN for finished operations");
-                        } else {
-                            me.wake_all();
-                            loop {
-                                match listener.try_recv().await {
-                                    Ok(Some(n)) => {
-                                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                                            me.wake(id);
-                                        }
-                                    }
-                                    // Connection lost (sqlx reconnects on the next call).
-                                    Ok(None) => me.wake_all(),
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "completion listener failed");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot connect the completion listener"),
-                }
-                me.wake_all();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
-
-    fn wake(&self, id: Uuid) {
+    /// A finished operation's notice (`crate::notices`): wakes its waiters.
+    pub(crate) fn wake(&self, id: Uuid) {
         let senders = self.waiting.lock().ok().and_then(|mut w| w.remove(&id));
         for s in senders.into_iter().flatten() {
             let _ = s.send(());
         }
     }
 
-    fn wake_all(&self) {
+    /// Notices may have been lost: every waiter looks again.
+    pub(crate) fn wake_all(&self) {
         let all = self
             .waiting
             .lock()

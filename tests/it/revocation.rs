@@ -123,3 +123,60 @@ async fn a_revoked_token_is_refused_by_all_three_processes_within_two_seconds() 
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no live token"));
 }
+
+/// The API process listens on one connection for both of its channels
+/// (api/src/notices.rs): a backend woken by every notice of the database,
+/// not two. When that connection is lost, revocations sent meanwhile are
+/// lost too: once it is back, the process has forgotten every cached token,
+/// so a token revoked unheard is refused at once, not after the cache's
+/// 30 s.
+#[tokio::test]
+async fn after_its_one_listener_reconnects_a_process_forgets_tokens_revoked_unheard() {
+    let app = spawn_app().await;
+    app.insert_invoice("inv-1").await;
+    let (_, dave) = idemq_core::principal::create_token(&app.db.pool, "dave")
+        .await
+        .unwrap();
+    let status = |token: String| {
+        let (client, addr) = (app.client.clone(), app.addr.clone());
+        async move {
+            Call::to(&client, &addr, reqwest::Method::GET, "/invoices/inv-1")
+                .token(&token)
+                .response()
+                .await
+                .status()
+        }
+    };
+    assert_eq!(status(dave.clone()).await, StatusCode::OK, "cached");
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%idemq_%'";
+    eventually("the API's listener", || async { app.count(listening).await == 1 }).await;
+
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%idemq_%'",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // Revoked with no notice at all: as if it had been sent into the gap.
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now()
+         WHERE principal_id = (SELECT id FROM principals WHERE name = 'dave')",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    eventually_within(
+        "the token revoked unheard refused once the listener is back",
+        Duration::from_secs(10),
+        || async { status(dave.clone()).await == StatusCode::UNAUTHORIZED },
+    )
+    .await;
+    assert_eq!(
+        app.count(listening).await,
+        1,
+        "one LISTEN connection per API process, for both channels"
+    );
+    assert_eq!(status(app.token.clone()).await, StatusCode::OK);
+}
