@@ -12,7 +12,7 @@ use idemq_core::{
     job::{Ack, QueueJob, Start},
     operation::OperationId,
 };
-use idemq_worker::{JobRunner, WorkerSettings};
+use idemq_worker::{config::WorkerConfig, JobRunner, WorkerSettings};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -210,7 +210,14 @@ async fn a_job_handed_back_at_shutdown_is_acknowledged_failed_by_the_queue() {
     .unwrap();
     let op = recorded(&app, "inv-stuck").await;
     let job = job_of(&app, &op).await;
-    app.start_worker().await;
+    // A lease far longer than the test: on a loaded machine a late
+    // heartbeat would otherwise let the worker's own orphan sweep put the
+    // job back `Pending` (a correct path, but not the one under test).
+    app.start_worker_with(WorkerConfig {
+        worker_lease: Duration::from_secs(120),
+        ..test_worker_config()
+    })
+    .await;
     eventually("a failed attempt", || async {
         app.count(&format!(
             "SELECT count(*) FROM operation_attempts WHERE operation_id = '{}' AND outcome = 'error'",
