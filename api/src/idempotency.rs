@@ -187,7 +187,13 @@ pub async fn answer(
     let op = match wait {
         Some(w) if !op.status.is_final() => state
             .waiters
-            .wait_for(&state.pool, principal, op.id, w, expected)
+            .wait_for(
+                &state.pool,
+                principal,
+                op.id,
+                w,
+                expected.map(|r| (r, op.clone())),
+            )
             .await?
             .unwrap_or(op),
         _ => op,

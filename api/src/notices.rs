@@ -16,11 +16,11 @@
 use std::{sync::Arc, time::Duration};
 
 use idemq_core::{
+    finish_notice::FinishNotice,
     idempotency::FINISHED_CHANNEL,
     principal::{TokenHash, REVOKED_CHANNEL},
 };
 use sqlx::{postgres::PgListener, PgPool};
-use uuid::Uuid;
 
 use crate::{auth::TokenCache, waiters::Waiters};
 
@@ -46,8 +46,8 @@ pub fn spawn(pool: PgPool, waiters: Waiters, tokens: &Arc<TokenCache>) {
                             match received {
                                 Ok(Some(n)) => match n.channel() {
                                     FINISHED_CHANNEL => {
-                                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                                            waiters.wake(id);
+                                        if let Some((id, finish)) = FinishNotice::parse(n.payload()) {
+                                            waiters.wake(id, finish);
                                         }
                                     }
                                     // An unreadable payload: forget every token.

@@ -1,8 +1,10 @@
 //! `Prefer: wait`: requests waiting for their operation to finish. The
 //! process's LISTEN connection (`crate::notices`) receives every completion
 //! (sent after the job's commit) and wakes only the requests waiting for
-//! that id; a waiting request reads its operation again only if no notice
-//! came for a second.
+//! that id. A notice from the job path carries the finish as committed
+//! (`idemq_core::finish_notice`): the request answers from it without
+//! reading its operation again. A waiting request reads its operation only
+//! for a bare-id notice, or if no notice came for a second.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -10,6 +12,7 @@ use std::{
 };
 
 use idemq_core::{
+    finish_notice::FinishNotice,
     idempotency,
     operation::{Operation, OperationId},
     principal::Principal,
@@ -29,15 +32,22 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default, Clone)]
 pub struct Waiters {
-    waiting: Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>>,
+    waiting: Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<Woken>>>>>,
 }
 
+/// Why a waiter was woken: its operation's finish (a notice that carries
+/// it), or a reason to read the operation again (`None`: a bare-id notice,
+/// a reconnected listener).
+type Woken = Option<Arc<FinishNotice>>;
+
 impl Waiters {
-    /// A finished operation's notice (`crate::notices`): wakes its waiters.
-    pub(crate) fn wake(&self, id: Uuid) {
+    /// A finished operation's notice (`crate::notices`): wakes its waiters,
+    /// handing them the finish if the notice carries it.
+    pub(crate) fn wake(&self, id: Uuid, finish: Option<FinishNotice>) {
         let senders = self.waiting.lock().ok().and_then(|mut w| w.remove(&id));
+        let finish = finish.map(Arc::new);
         for s in senders.into_iter().flatten() {
-            let _ = s.send(());
+            let _ = s.send(finish.clone());
         }
     }
 
@@ -49,7 +59,7 @@ impl Waiters {
             .map(|mut w| std::mem::take(&mut *w))
             .unwrap_or_default();
         for s in all.into_values().flatten() {
-            let _ = s.send(());
+            let _ = s.send(None);
         }
     }
 
@@ -86,22 +96,29 @@ impl Waiters {
     /// Waits until the operation is final or `wait` has passed, then returns
     /// its current state (None: it no longer exists). The completion notice
     /// is a hint sent after the commit (`idemq_core::notifier`): if it is
-    /// lost, the waiter looks again every `RECHECK_EVERY`. `expected`: the
-    /// operation was just recorded flagged, under that registration (no
-    /// first read needed).
+    /// lost, the waiter looks again every `RECHECK_EVERY`; if it carries the
+    /// finish, the operation as last read (or recorded) with the finish
+    /// applied is the answer, without another read. `expected`: the
+    /// operation was just recorded flagged, under that registration, as
+    /// given (no first read needed).
     pub async fn wait_for(
         &self,
         pool: &PgPool,
         principal: &Principal,
         op: OperationId,
         wait: Duration,
-        mut expected: Option<Registration<'_>>,
+        mut expected: Option<(Registration<'_>, Operation)>,
     ) -> Result<Option<Operation>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let mut flagged = expected.is_some();
+        // The operation as this principal last saw it, not final.
+        let mut known: Option<Operation>;
         loop {
             let mut reg = match expected.take() {
-                Some(reg) => reg,
+                Some((reg, recorded)) => {
+                    known = Some(recorded);
+                    reg
+                }
                 None => {
                     // Register before reading, so a completion between the
                     // read and the wait is not missed.
@@ -119,13 +136,19 @@ impl Waiters {
                     {
                         return Ok(current);
                     }
+                    known = current;
                     reg
                 }
             };
             let until = deadline.min(tokio::time::Instant::now() + RECHECK_EVERY);
             if let Some(rx) = reg.rx.as_mut() {
-                // Notified, or time to look again: either way, read.
-                let _ = tokio::time::timeout_at(until, rx).await;
+                // Told the finish: that is the answer. Told to look again,
+                // or time to: read.
+                if let Ok(Ok(Some(finish))) = tokio::time::timeout_at(until, rx).await {
+                    if let Some(done) = known.take().and_then(|op| finish.apply(op)) {
+                        return Ok(Some(done));
+                    }
+                }
             }
         }
     }
@@ -135,7 +158,7 @@ impl Waiters {
 pub struct Registration<'a> {
     waiters: &'a Waiters,
     id: Uuid,
-    rx: Option<oneshot::Receiver<()>>,
+    rx: Option<oneshot::Receiver<Woken>>,
 }
 
 impl Drop for Registration<'_> {

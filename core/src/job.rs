@@ -9,9 +9,10 @@ use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres, Row};
 use crate::{
     business::{approvals, meter_readings, payments, Actor, Outcome},
     db::Kept,
+    finish_notice::FinishNotice,
     idempotency::FINISHED_CHANNEL,
     notifier::Notifier,
-    operation::{OperationId, OperationKind, OperationStatus},
+    operation::{OperationId, OperationKind, OperationStatus, StoredResponse},
     problem::Problem,
     Error,
 };
@@ -379,8 +380,8 @@ impl Locked<'_> {
         if let Some(audit) = &outcome.audit {
             audit.log();
         }
-        if finished.waited_for {
-            notifier.operation_finished(self.op);
+        if let Some(notice) = &finished.notice {
+            notifier.operation_finished(notice);
         }
         Ok(AttemptResult::Finished(finished.status, finished.ack))
     }
@@ -402,8 +403,8 @@ impl Locked<'_> {
             .conn
             .within(async |conn| finish(conn, op, &exhausted(attempts), ttl, Some("exhausted"), job).await)
             .await?;
-        if finished.waited_for {
-            notifier.operation_finished(self.op);
+        if let Some(notice) = &finished.notice {
+            notifier.operation_finished(notice);
         }
         Ok(AttemptResult::Exhausted(finished.ack))
     }
@@ -526,13 +527,16 @@ pub(crate) async fn rehearse(conn: &mut PgConnection, op: OperationId, ttl: Dura
 }
 
 /// What `finish` wrote.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Finished {
     op: OperationId,
     pub status: OperationStatus,
     /// A request waits for this operation (`Prefer: wait` flagged it under
     /// the row lock): it must be told, after the commit.
     pub waited_for: bool,
+    /// What it is told (when `waited_for`): the finish as this statement
+    /// wrote it (`finish_notice`).
+    pub notice: Option<FinishNotice>,
     /// Whether the delivering job was marked `Done` here.
     pub ack: Ack,
 }
@@ -599,7 +603,9 @@ pub(crate) async fn finish(
          UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
                 response_body = $5, finished_at = now(),
                 expires_at = now() + $6 * interval '1 millisecond', updated_at = now()
-         WHERE id = $1 RETURNING notify_on_finish, EXISTS (SELECT FROM job) AS "job_done!""#,
+         WHERE id = $1
+         RETURNING notify_on_finish, EXISTS (SELECT FROM job) AS "job_done!", attempts,
+                   finished_at AS "finished_at!", expires_at AS "expires_at!""#,
         op.uuid(),
         status.as_str(),
         outcome.status as i16,
@@ -618,11 +624,28 @@ pub(crate) async fn finish(
     )
     .fetch_optional(conn)
     .await?;
-    let (waited_for, job_done) = row.map_or((false, false), |r| (r.notify_on_finish, r.job_done));
+    let (waited_for, job_done) = row
+        .as_ref()
+        .map_or((false, false), |r| (r.notify_on_finish, r.job_done));
+    let notice = row.filter(|r| r.notify_on_finish).map(|r| {
+        FinishNotice::new(
+            op.uuid(),
+            status,
+            r.attempts,
+            r.finished_at,
+            r.expires_at,
+            StoredResponse {
+                status: outcome.status,
+                content_type: outcome.content_type.to_owned(),
+                body: outcome.body.clone(),
+            },
+        )
+    });
     Ok(Finished {
         op,
         status,
         waited_for,
+        notice,
         ack: if job_done { Ack::Committed } else { Ack::ByQueue },
     })
 }

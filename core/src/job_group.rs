@@ -177,9 +177,7 @@ pub async fn run(
                     member.job.as_ref(),
                 )
                 .await?;
-                if done.waited_for {
-                    announce.push(*op);
-                }
+                announce.extend(done.notice);
                 settled[at] = Settled::Exhausted {
                     number: row.attempts,
                     kind,
@@ -195,9 +193,7 @@ pub async fn run(
             };
             let outcome = execute(tx, actor, kind, &row.request).await?;
             let done = finish(tx, *op, &outcome, ttl, None, member.job.as_ref()).await?;
-            if done.waited_for {
-                announce.push(*op);
-            }
+            announce.extend(done.notice);
             if let Some(audit) = outcome.audit {
                 audits.push(audit);
             }
@@ -215,8 +211,8 @@ pub async fn run(
     for audit in &audits {
         audit.log();
     }
-    for op in announce {
-        notifier.operation_finished(op);
+    for notice in &announce {
+        notifier.operation_finished(notice);
     }
     Ok(settled)
 }

@@ -6,6 +6,7 @@ pub mod business;
 pub mod db;
 pub mod error;
 pub mod fingerprint;
+pub mod finish_notice;
 pub mod idempotency;
 pub mod job;
 pub mod job_group;

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::{idempotency::FINISHED_CHANNEL, operation::OperationId};
+use crate::{finish_notice::FinishNotice, idempotency::FINISHED_CHANNEL};
 
 /// apalis-postgres's workers LISTEN here (payload: `{"job_type", "id"}`; the
 /// id must be a ULID but only wakes the queue's fetch).
@@ -38,7 +38,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 enum Notice {
     JobPushed { queue: &'static str, job_id: String },
-    Finished(Uuid),
+    Finished { id: Uuid, payload: String },
 }
 
 /// The handle; cheap to clone. The sending task ends when the last handle is
@@ -65,17 +65,22 @@ impl Notifier {
         });
     }
 
-    /// An operation that a request waits for was committed final.
-    pub fn operation_finished(&self, op: OperationId) {
-        let _ = self.tx.send(Notice::Finished(op.uuid()));
+    /// An operation that a request waits for was committed final: its
+    /// finish as committed, which the waiting request answers from.
+    pub fn operation_finished(&self, finish: &FinishNotice) {
+        let _ = self.tx.send(Notice::Finished {
+            id: finish.id,
+            payload: finish.payload(),
+        });
     }
 }
 
-/// What one statement sends: one wake-up per queue, every finished id.
+/// What one statement sends: one wake-up per queue, every finished
+/// operation once.
 #[derive(Debug, Default, PartialEq)]
 struct Batch {
     jobs: BTreeMap<&'static str, String>,
-    finished: Vec<Uuid>,
+    finished: Vec<(Uuid, String)>,
 }
 
 impl Batch {
@@ -84,9 +89,9 @@ impl Batch {
             Notice::JobPushed { queue, job_id } => {
                 self.jobs.insert(queue, job_id);
             }
-            Notice::Finished(id) => {
-                if !self.finished.contains(&id) {
-                    self.finished.push(id);
+            Notice::Finished { id, payload } => {
+                if !self.finished.iter().any(|(f, _)| *f == id) {
+                    self.finished.push((id, payload));
                 }
             }
         }
@@ -100,9 +105,9 @@ impl Batch {
             channels.push(JOB_INSERT_CHANNEL.to_owned());
             payloads.push(json!({ "job_type": queue, "id": id }).to_string());
         }
-        for id in self.finished {
+        for (_, payload) in self.finished {
             channels.push(FINISHED_CHANNEL.to_owned());
-            payloads.push(id.to_string());
+            payloads.push(payload);
         }
         (channels, payloads)
     }
@@ -181,8 +186,12 @@ mod tests {
                 job_id: id.into(),
             });
         }
-        batch.add(Notice::Finished(a));
-        batch.add(Notice::Finished(a));
+        for _ in 0..2 {
+            batch.add(Notice::Finished {
+                id: a,
+                payload: a.to_string(),
+            });
+        }
         let (channels, payloads) = batch.into_notices();
         assert_eq!(
             channels,
