@@ -198,6 +198,18 @@ fn normalised(sql: &str) -> String {
         .join(" ")
 }
 
+/// apalis's latest migration that defines `apalis.get_jobs`, and its SQL
+/// normalised.
+fn apalis_latest_get_jobs() -> (sqlx::migrate::Migration, String) {
+    let latest = apalis_postgres::PostgresStorage::migrations()
+        .iter()
+        .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
+        .cloned()
+        .expect("apalis defines get_jobs");
+    let theirs = normalised(latest.sql.as_str());
+    (latest, theirs)
+}
+
 /// Ours is apalis's latest `get_jobs` statement, word for word, with only
 /// the language changed (a PL/pgSQL body: BEGIN RETURN QUERY … END) and the
 /// paused-queue check added.
@@ -211,12 +223,7 @@ async fn our_fetch_is_apalis_latest_fetch_statement_in_plpgsql() {
         our_get_jobs_definition(&db.pool).await
     );
 
-    let migrations = apalis_postgres::PostgresStorage::migrations();
-    let latest = migrations
-        .iter()
-        .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
-        .expect("apalis defines get_jobs");
-    let theirs = normalised(latest.sql.as_str());
+    let (latest, theirs) = apalis_latest_get_jobs();
     // Our one addition (the pause check) aside.
     let pause_check =
         "IF EXISTS (SELECT 1 FROM public.queue_pauses WHERE queue = v_job_type) THEN RETURN; END IF; ";
@@ -239,12 +246,7 @@ async fn our_fetch_is_apalis_latest_fetch_statement_in_plpgsql() {
 /// paused-queue limit and the statement being one step of a larger one.
 #[test]
 fn the_workers_fetch_takes_jobs_with_apalis_latest_fetch_statement() {
-    let migrations = apalis_postgres::PostgresStorage::migrations();
-    let latest = migrations
-        .iter()
-        .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
-        .expect("apalis defines get_jobs");
-    let theirs = normalised(latest.sql.as_str());
+    let (latest, theirs) = apalis_latest_get_jobs();
     let from = theirs.find("WITH jobs AS (").expect("apalis's statement starts");
     let to = theirs.find("RETURNING j.*").expect("apalis's statement ends") + "RETURNING j.*".len();
     let statement = theirs[from..to]
