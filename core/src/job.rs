@@ -531,11 +531,9 @@ pub(crate) async fn rehearse(conn: &mut PgConnection, op: OperationId, ttl: Dura
 pub(crate) struct Finished {
     op: OperationId,
     pub status: OperationStatus,
-    /// A request waits for this operation (`Prefer: wait` flagged it under
-    /// the row lock): it must be told, after the commit.
-    pub waited_for: bool,
-    /// What it is told (when `waited_for`): the finish as this statement
-    /// wrote it (`finish_notice`).
+    /// `Some` if a request waits for this operation (`Prefer: wait` flagged
+    /// it under the row lock): what it must be told after the commit, the
+    /// finish as this statement wrote it (`finish_notice`).
     pub notice: Option<FinishNotice>,
     /// Whether the delivering job was marked `Done` here.
     pub ack: Ack,
@@ -546,7 +544,7 @@ impl Finished {
     /// `conn`'s transaction, at its commit. The job path uses `Notifier`
     /// instead, because a notifying commit runs alone (see `notifier`).
     pub async fn announce_at_commit(self, conn: &mut PgConnection) -> Result<(), Error> {
-        if self.waited_for {
+        if self.notice.is_some() {
             sqlx::query!(
                 "SELECT pg_notify($1, $2)",
                 FINISHED_CHANNEL,
@@ -624,9 +622,7 @@ pub(crate) async fn finish(
     )
     .fetch_optional(conn)
     .await?;
-    let (waited_for, job_done) = row
-        .as_ref()
-        .map_or((false, false), |r| (r.notify_on_finish, r.job_done));
+    let job_done = row.as_ref().is_some_and(|r| r.job_done);
     let notice = row.filter(|r| r.notify_on_finish).map(|r| {
         FinishNotice::new(
             op.uuid(),
@@ -644,7 +640,6 @@ pub(crate) async fn finish(
     Ok(Finished {
         op,
         status,
-        waited_for,
         notice,
         ack: if job_done { Ack::Committed } else { Ack::ByQueue },
     })
