@@ -27,6 +27,8 @@ pub struct Server {
     pub profile_note: Option<String>,
     keep_db: bool,
     pub async_commit: bool,
+    /// `--history`.
+    pub history: u64,
     seq: AtomicU32,
 }
 
@@ -73,6 +75,7 @@ impl Server {
             profile_note: None,
             keep_db: args.keep_db,
             async_commit: args.async_commit,
+            history: args.history,
             seq: AtomicU32::new(0),
         };
         server.prepare_profile(args.profile).await?;

@@ -85,9 +85,18 @@ async fn payments_and_enqueue() {
         "60",
         "--clients",
         "4",
+        "--history",
+        "500",
     ])
     .await;
     let s = scenario(&doc, "payments");
+    // The fleet started on a table with a past, and the planner knew it;
+    // the checks above counted the scenario's own operations only.
+    assert_eq!(s["params"]["history"], 500, "{s:#}");
+    assert!(
+        s["params"]["history_planner_rows"].as_i64().unwrap() >= 500,
+        "{s:#}"
+    );
     positive(s, "operations_per_s");
     positive(s, "requests_per_s");
     assert!(
@@ -125,8 +134,23 @@ async fn drain_latency_replay_limited_cleanup() {
     positive(s, "jobs_per_s");
     assert_rss(s, &["worker-1"]);
 
-    let doc = bench(&["latency", "--rate", "20", "--seconds", "1", "--workers", "1"]).await;
+    let doc = bench(&[
+        "latency",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+        "--workers",
+        "1",
+        "--history",
+        "300",
+    ])
+    .await;
     let s = scenario(&doc, "latency");
+    assert!(
+        s["params"]["history_planner_rows"].as_i64().unwrap() >= 300,
+        "{s:#}"
+    );
     assert!(
         s["results"]["send_to_final_ms"]["p50"].as_f64().unwrap() > 0.0,
         "{s:#}"

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{
-    at_most, check_payments, fleet, mark_paid, payments::truncate, profile_reset, profile_take,
+    at_most, check_payments, fleet, mark_paid, payments::truncate, profile_reset, profile_take, seed_history,
     seed_invoices, wait_all_final,
 };
 use crate::{
@@ -60,6 +60,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
     report.param("warmup", args.warmup);
     report.param("workers", args.workers);
     seed_invoices(&db.pool, warm + n).await?;
+    seed_history(db, server.history, report).await?;
     let mut fleet = fleet(server, db, report);
     fleet.start_api(&[]).await?;
     fleet.start_workers(args.workers, &db.pool).await?;

@@ -15,7 +15,8 @@ use clap::Args;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{
-    at_least, check_payments, fleet, mark_paid, profile_reset, profile_take, seed_invoices, wait_all_final,
+    at_least, check_payments, fleet, mark_paid, profile_reset, profile_take, seed_history, seed_invoices,
+    wait_all_final,
 };
 use crate::{
     cpu::CpuProbe,
@@ -60,6 +61,7 @@ pub async fn run(
     report.param("clients", args.clients);
     report.param("workers", args.workers);
     seed_invoices(&db.pool, args.invoices as u64).await?;
+    seed_history(db, server.history, report).await?;
     let mut fleet = fleet(server, db, report);
     fleet.start_api(&[]).await?;
     fleet.start_workers(args.workers, &db.pool).await?;
