@@ -145,9 +145,11 @@ async fn seed_invoices(pool: &PgPool, n: u64) -> anyhow::Result<()> {
 /// The idempotency keys of `seed_history`'s operations start so.
 const HISTORY_KEY_PREFIX: &str = "history-";
 
-/// `n` finished payments of the past day (keys `history-…`, created before
-/// the scenario, expiring after it), then `ANALYZE`: the tables and the
-/// planner's statistics of a deployment in its steady state (`--history`).
+/// `n` finished payments of the past day (keys `history-…`), then `ANALYZE`:
+/// the tables and the planner's statistics of a deployment in its steady
+/// state (`--history`). Created over the last 23 hours and kept a day each,
+/// none expires within the hour: the cleanup duty deletes none of them
+/// during a run.
 /// The operations only: the fetch and the job transaction reach them by
 /// primary key, the queue's fetch index holds pending jobs only.
 async fn seed_history(db: &RunDb, n: u64, report: &mut Report) -> anyhow::Result<()> {
@@ -165,7 +167,7 @@ async fn seed_history(db: &RunDb, n: u64, report: &mut Report) -> anyhow::Result
                 'succeeded', 'payments', $2 || i, 1, 200, 'application/json',
                 '{"invoice":{"id":"old-' || i || '","status":"PAID"}}', at, at, at, at + interval '1 day'
          FROM generate_series(1, $3) i,
-              LATERAL (SELECT now() - interval '1 day' * i / ($3 + 1) - interval '1 minute' AS at) t"#,
+              LATERAL (SELECT now() - interval '23 hours' * i / ($3 + 1) AS at) t"#,
     )
     .bind(db.principal.id())
     .bind(HISTORY_KEY_PREFIX)
