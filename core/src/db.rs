@@ -324,8 +324,9 @@ pub async fn connect_pooled(
     Ok(pool)
 }
 
-/// Session connections a process opens: the LISTENs of the API (completions,
-/// revocations) or the worker (job inserts), and each notifier's own.
+/// Session connections a process opens: its one LISTEN (the API's for
+/// completions and revocations, a worker's for job inserts) and each
+/// notifier's own; an upper bound, with room for a reconnect's overlap.
 const SESSION_CONNECTIONS: u32 = 6;
 
 /// apalis's schema first, then ours (which may index apalis's tables), then
