@@ -282,23 +282,21 @@ async fn the_paused_queue_check_keeps_its_plan_per_connection() {
     .await
     .unwrap();
     assert_eq!(language, "plpgsql");
-    let paused = |queue: &'static str| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT queue_paused($1)")
-                .bind(queue)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    assert!(!paused("payments").await);
+    assert!(!queue_paused(&db.pool, "payments").await);
     sqlx::query("INSERT INTO queue_pauses (queue, paused_by) VALUES ('payments', 'test')")
         .execute(&db.pool)
         .await
         .unwrap();
-    assert!(paused("payments").await);
-    assert!(!paused("approvals").await);
+    assert!(queue_paused(&db.pool, "payments").await);
+    assert!(!queue_paused(&db.pool, "approvals").await);
+}
+
+async fn queue_paused(pool: &PgPool, queue: &str) -> bool {
+    sqlx::query_scalar("SELECT queue_paused($1)")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// The overrides were written against apalis-postgres's migration list
