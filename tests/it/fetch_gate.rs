@@ -125,6 +125,91 @@ async fn a_burst_of_notices_is_at_most_two_fetches() {
     assert!(after <= 4, "{after} fetches for 100 notices and one job");
 }
 
+/// Two worker processes share the notices: each job is fetched for by the
+/// one its id picks, not by both (wake_strategy.rs, `Fleet`). Until each
+/// has read the other's registration, both may fetch; so the test waits,
+/// within a deadline, for a round of jobs that costs one fetch each. With
+/// every process fetching for every notice, no round ever does (two each).
+#[tokio::test]
+async fn two_worker_processes_fetch_once_per_job() {
+    let mut app = spawn_app().await;
+    count_fetches(&app).await;
+    let config = idemq_worker::WorkerConfig {
+        // Never within the test: a notice the other process owns is never
+        // fetched for by this one.
+        queue_backup_fetch_delay: Duration::from_secs(10),
+        ..no_timer()
+    };
+    app.start_worker_with(config.clone()).await;
+    app.start_worker_with(config).await;
+    eventually("both processes registered on payments", || async {
+        app.count("SELECT count(*) FROM apalis.workers WHERE worker_type = 'payments'")
+            .await
+            == 2
+    })
+    .await;
+
+    let round: i64 = 6;
+    let started = std::time::Instant::now();
+    let mut invoices = 0;
+    let mut rounds = Vec::new();
+    loop {
+        let before = fetches(&app, "payments").await;
+        for _ in 0..round {
+            invoices += 1;
+            let invoice = format!("inv-{invoices}");
+            app.insert_invoice(&invoice).await;
+            assert_eq!(paid(&app, &invoice).await["status"], "succeeded");
+        }
+        let spent = fetches(&app, "payments").await - before;
+        rounds.push(spent);
+        // One spare, as for one process: a notice drained while a fetch is
+        // in flight is answered by one more fetch.
+        if spent <= round + 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no round of {round} jobs cost one fetch each in {} rounds; the last: {:?} fetches",
+            rounds.len(),
+            &rounds[rounds.len().saturating_sub(5)..]
+        );
+    }
+    println!("fetches per round of {round} jobs: {rounds:?}");
+}
+
+/// A notice whose owner takes no job (here: nine registered processes that
+/// do not exist, so most notices are theirs) is fetched for by the backup
+/// fetch, after `IDEMQ_QUEUE_BACKUP_FETCH_DELAY`: every job is taken,
+/// though the poll timer never fires.
+#[tokio::test]
+async fn a_notice_whose_owner_takes_no_job_is_fetched_for_after_the_backup_delay() {
+    let mut app = spawn_app().await;
+    count_fetches(&app).await;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+         SELECT 'payments@ghost-' || i, 'payments', 'ghost', now() + interval '1 hour'
+         FROM generate_series(1, 9) AS i",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    app.start_worker_with(no_timer()).await;
+    for i in 0..8 {
+        let invoice = format!("inv-{i}");
+        app.insert_invoice(&invoice).await;
+        assert_eq!(
+            paid(&app, &invoice).await["status"],
+            "succeeded",
+            "job {i} taken without its owner"
+        );
+    }
+    let ghosts = app
+        .count("SELECT count(*) FROM apalis.jobs WHERE lock_by LIKE '%ghost%'")
+        .await;
+    assert_eq!(ghosts, 0);
+}
+
 #[tokio::test]
 async fn a_job_enqueued_without_a_notice_is_taken_on_the_poll_timer() {
     let mut app = spawn_app().await;

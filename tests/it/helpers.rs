@@ -142,6 +142,7 @@ pub fn test_worker_config() -> WorkerConfig {
         job_groups: 2,
         queue_batch_size: 10,
         queue_poll_interval: Duration::from_millis(100),
+        queue_backup_fetch_delay: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(10),
         db_lost_grace: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(30),

@@ -14,6 +14,7 @@ pub const DEFAULT_WORKER_WARM_CONNECTIONS: &str = "4";
 pub const DEFAULT_QUEUE_BATCH_SIZE: &str = "50";
 pub const DEFAULT_JOB_GROUPS: &str = "2";
 pub const DEFAULT_QUEUE_POLL_INTERVAL: &str = "500ms";
+pub const DEFAULT_QUEUE_BACKUP_FETCH_DELAY: &str = "20ms";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_DB_LOST_GRACE: &str = "30s";
 pub const DEFAULT_RECONCILE_INTERVAL: &str = "30s";
@@ -63,6 +64,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "IDEMQ_QUEUE_POLL_INTERVAL", value_name = "IDEMQ_QUEUE_POLL_INTERVAL", default_value = DEFAULT_QUEUE_POLL_INTERVAL,
           value_parser = parse_duration)]
     pub queue_poll_interval: Duration,
+    /// A job notice is fetched for at once by one live worker process (the
+    /// job id picks it); the others fetch for it only if none of their own
+    /// fetches starts within this delay (its owner is busy or gone). `0`:
+    /// every process fetches for every notice at once.
+    #[arg(long, env = "IDEMQ_QUEUE_BACKUP_FETCH_DELAY", value_name = "IDEMQ_QUEUE_BACKUP_FETCH_DELAY", default_value = DEFAULT_QUEUE_BACKUP_FETCH_DELAY,
+          value_parser = parse_backup_fetch_delay)]
+    pub queue_backup_fetch_delay: Duration,
     /// On SIGTERM/SIGINT, how long the jobs in flight may take to finish.
     /// Past it the process exits non-zero; other workers rescue those jobs
     /// after the lease.
@@ -115,6 +123,7 @@ impl Default for WorkerConfig {
             job_groups: 2,
             queue_batch_size: 50,
             queue_poll_interval: Duration::from_millis(500),
+            queue_backup_fetch_delay: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(30),
             db_lost_grace: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(30),
@@ -124,6 +133,21 @@ impl Default for WorkerConfig {
             cleanup_batch_size: 1000,
         }
     }
+}
+
+/// Zero allowed (every process fetches at once); at most 10 s, past which
+/// the poll timer (500 ms by default) finds the job first anyway.
+fn parse_backup_fetch_delay(s: &str) -> Result<Duration, String> {
+    // `0`, `0ms`, `0s`: off (`parse_duration` refuses zero).
+    let s = s.trim();
+    if s.starts_with('0') && s.trim_start_matches('0').bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(10) {
+        return Err("must be at most 10s".into());
+    }
+    Ok(d)
 }
 
 /// The lease is split into heartbeats; under 2 s they would flood the database.
@@ -169,6 +193,20 @@ mod tests {
         assert!(five.contains("seconds first"), "{five}");
         assert!(parse_cron("every day").is_err());
         assert!(parse_cron("0 0 0 1 1 * 2001").is_err());
+    }
+
+    #[test]
+    fn the_backup_fetch_delay_may_be_zero_and_is_bounded() {
+        for zero in ["0", "0ms", " 0s "] {
+            assert_eq!(parse_backup_fetch_delay(zero), Ok(Duration::ZERO), "{zero}");
+        }
+        assert_eq!(
+            parse_backup_fetch_delay(DEFAULT_QUEUE_BACKUP_FETCH_DELAY),
+            Ok(Duration::from_millis(20))
+        );
+        assert!(parse_backup_fetch_delay("11s").is_err());
+        assert!(parse_backup_fetch_delay("soon").is_err());
+        assert!(parse_backup_fetch_delay("05").is_err(), "a number needs its unit");
     }
 
     #[test]

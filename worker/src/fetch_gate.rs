@@ -49,7 +49,7 @@ use ulid::Ulid;
 
 use crate::{
     ack::{AckLayer, Pending},
-    wake_strategy::FetchReasons,
+    wake_strategy::{FetchReasons, Wake},
 };
 
 type Fetch = BoxFuture<'static, Result<Vec<PgTask>, apalis_postgres::Error>>;
@@ -73,7 +73,7 @@ pub struct FetchGate<B, S> {
     process: String,
 }
 
-impl<B, S: Stream + Unpin> FetchGate<B, S> {
+impl<B, S: Stream<Item = Wake> + Unpin> FetchGate<B, S> {
     pub fn new(backend: B, reasons: FetchReasons<S>, process: String) -> Self {
         FetchGate {
             backend,
@@ -89,7 +89,7 @@ impl<B, S: Stream + Unpin> FetchGate<B, S> {
     }
 }
 
-impl<Args, S: Stream + Unpin> FetchGate<PostgresStorage<Args>, S> {
+impl<Args, S: Stream<Item = Wake> + Unpin> FetchGate<PostgresStorage<Args>, S> {
     fn start_fetch(&mut self, worker: &WorkerContext) {
         let pool = self.backend.pool().clone();
         let config = self.backend.config().clone();
@@ -153,7 +153,7 @@ impl<Args, S: Stream + Unpin> FetchGate<PostgresStorage<Args>, S> {
     }
 }
 
-impl<Args, S: Stream + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
+impl<Args, S: Stream<Item = Wake> + Unpin> Backend for FetchGate<PostgresStorage<Args>, S> {
     type Task = PgTask;
     type Error = apalis_postgres::Error;
 

@@ -80,7 +80,14 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     supervise::warn_if_pool_too_small(&pool, &settings.config);
     idemq_core::warmup::warm(&pool, settings.config.worker_warm_connections).await;
     let mut loops: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let notices = wake_strategy::JobNotices::spawn(pool.clone(), shutdown.clone());
+    let lease = settings.config.worker_lease;
+    let notices = wake_strategy::JobNotices::spawn(
+        pool.clone(),
+        &instance,
+        lease / HEARTBEATS_PER_LEASE,
+        lease,
+        shutdown.clone(),
+    );
     for queue_name in queue::ALL {
         let queue_loop = supervise::queue_loop(
             pool.clone(),

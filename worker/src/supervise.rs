@@ -88,7 +88,11 @@ pub async fn queue_loop(
         // (docs/job-path.md, "Waking and fetching").
         let backend = FetchGate::new(
             storage,
-            FetchReasons::new(notices.subscribe(queue_name), cfg.queue_poll_interval),
+            FetchReasons::new(
+                notices.subscribe(queue_name),
+                cfg.queue_poll_interval,
+                cfg.queue_backup_fetch_delay,
+            ),
             runner.attempt_name().to_owned(),
         );
         let worker = WorkerBuilder::new(name.clone())
