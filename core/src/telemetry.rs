@@ -19,6 +19,10 @@ pub const RECONCILER_ACTIONS: &str = "idemq_reconciler_actions_total";
 pub const RECORD_BATCH_SIZE: &str = "idemq_record_batch_size";
 pub const RECORD_WAITING: &str = "idemq_record_waiting";
 pub const JOB_GROUP_SIZE: &str = "idemq_job_group_size";
+pub const QUEUE_FETCHES: &str = "idemq_queue_fetches_total";
+/// The `reason` label of `idemq_queue_fetches_total` (the worker's
+/// `wake_strategy::FetchReason`).
+pub const FETCH_REASONS: [&str; 5] = ["start", "timer", "backup", "full_batch", "notice"];
 /// Buckets of `idemq_record_batch_size` (requests per record statement).
 pub const RECORD_BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
@@ -55,6 +59,10 @@ pub fn register_all() {
     describe_gauge!(OPERATIONS, "Operations rows by status (refreshed on a timer)");
     describe_counter!(CLEANUP_DELETED, "Rows deleted by cleanup by table");
     describe_counter!(RECONCILER_ACTIONS, "Reconciler actions");
+    describe_counter!(
+        QUEUE_FETCHES,
+        "Worker fetches by queue, what made them due, and whether they found jobs"
+    );
     describe_histogram!(
         RECORD_BATCH_SIZE,
         "Requests recorded by one record statement and commit (API group commit)"
@@ -85,5 +93,11 @@ pub fn register_all() {
     for action in ["reenqueued", "failed"] {
         counter!(RECONCILER_ACTIONS, "action" => action).absolute(0);
     }
-    let _ = queue::ALL;
+    for q in queue::ALL {
+        for reason in FETCH_REASONS {
+            for found in ["jobs", "none"] {
+                counter!(QUEUE_FETCHES, "queue" => q, "reason" => reason, "found" => found).absolute(0);
+            }
+        }
+    }
 }

@@ -288,6 +288,11 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
         ("idemq_cleanup_deleted_total{table=\"operations\"}", 1.0),
         ("idemq_reconciler_actions_total{action=\"reenqueued\"}", 1.0),
         ("idemq_reconciler_actions_total{action=\"failed\"}", 0.0),
+        // Registered at 0: one process alone backs up nobody.
+        (
+            "idemq_queue_fetches_total{queue=\"payments\",reason=\"backup\",found=\"jobs\"}",
+            0.0,
+        ),
     ];
     // The duties run on their own schedule: wait for their counts.
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -308,6 +313,36 @@ async fn a_worker_process_exposes_its_job_metrics_and_health() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{off:?} in\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The fetches: those that took the two jobs, and the poll timer's on an
+    // idle queue, which find nothing (awaited: the timer's first tick may
+    // not have come yet).
+    let fetch_series = |queue: &str, reason: &str, found: &str| {
+        format!("idemq_queue_fetches_total{{queue=\"{queue}\",reason=\"{reason}\",found=\"{found}\"}}")
+    };
+    loop {
+        let m = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let took: f64 = ["start", "timer", "backup", "full_batch", "notice"]
+            .iter()
+            .filter_map(|reason| sample(&m, &fetch_series("payments", reason, "jobs")))
+            .sum();
+        assert!(took >= 1.0, "{took} fetches took the payments jobs in\n{m}");
+        let idle = sample(&m, &fetch_series("approvals", "timer", "none"));
+        if idle.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no empty timer fetch on approvals: {idle:?} in\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

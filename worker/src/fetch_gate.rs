@@ -43,13 +43,13 @@ use apalis_core::{
 };
 use apalis_postgres::{PgTask, PostgresStorage};
 use futures::{future::BoxFuture, FutureExt, Stream};
-use idemq_core::queue::JobPayload;
+use idemq_core::{queue::JobPayload, telemetry::QUEUE_FETCHES};
 use sqlx::{postgres::types::PgHstore, PgConnection};
 use ulid::Ulid;
 
 use crate::{
     ack::{AckLayer, Pending},
-    wake_strategy::{FetchReasons, Wake},
+    wake_strategy::{FetchReason, FetchReasons, Wake},
 };
 
 type Fetch = BoxFuture<'static, Result<Vec<PgTask>, apalis_postgres::Error>>;
@@ -71,6 +71,8 @@ pub struct FetchGate<B, S> {
     dead: bool,
     /// The name the attempts' rows carry (`JobRunner::attempt_name`).
     process: String,
+    /// What made the fetch in flight due (`idemq_queue_fetches_total`).
+    fetch_reason: FetchReason,
 }
 
 impl<B, S: Stream<Item = Wake> + Unpin> FetchGate<B, S> {
@@ -85,6 +87,7 @@ impl<B, S: Stream<Item = Wake> + Unpin> FetchGate<B, S> {
             acknowledge: None,
             dead: false,
             process,
+            fetch_reason: FetchReason::Start,
         }
     }
 }
@@ -95,7 +98,8 @@ impl<Args, S: Stream<Item = Wake> + Unpin> FetchGate<PostgresStorage<Args>, S> {
         let config = self.backend.config().clone();
         let worker = worker.clone();
         let process = self.process.clone();
-        self.reasons.fetch_started();
+        // Only called when a fetch is due: there is a reason.
+        self.fetch_reason = self.reasons.fetch_started().unwrap_or(FetchReason::Notice);
         self.fetch = Some(
             async move {
                 let mut conn = pool.acquire().await?;
@@ -114,6 +118,12 @@ impl<Args, S: Stream<Item = Wake> + Unpin> FetchGate<PostgresStorage<Args>, S> {
         let result = futures::ready!(fetch.poll_unpin(cx));
         self.fetch = None;
         let tasks = result?;
+        let queue: &str = self.backend.config().queue.as_ref();
+        metrics::counter!(QUEUE_FETCHES,
+            "queue" => queue.to_owned(),
+            "reason" => self.fetch_reason.as_str(),
+            "found" => if tasks.is_empty() { "none" } else { "jobs" })
+        .increment(1);
         if tasks.len() >= self.backend.config().batch_size {
             self.reasons.batch_was_full();
         }

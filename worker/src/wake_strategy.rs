@@ -56,6 +56,42 @@ pub enum Wake {
     Backup,
 }
 
+/// What made a fetch due (the `reason` label of `idemq_queue_fetches_total`).
+/// When several did, the fetch is counted under the last in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FetchReason {
+    /// The loop's start.
+    Start,
+    /// The poll timer.
+    Timer,
+    /// Another process's notice, after the backup delay.
+    Backup,
+    /// The last fetch returned a full batch.
+    FullBatch,
+    /// A notice of this process's.
+    Notice,
+}
+
+impl FetchReason {
+    pub const ALL: [FetchReason; 5] = [
+        FetchReason::Start,
+        FetchReason::Timer,
+        FetchReason::Backup,
+        FetchReason::FullBatch,
+        FetchReason::Notice,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchReason::Start => "start",
+            FetchReason::Timer => "timer",
+            FetchReason::Backup => "backup",
+            FetchReason::FullBatch => "full_batch",
+            FetchReason::Notice => "notice",
+        }
+    }
+}
+
 /// Why a queue's worker should fetch: pending until a fetch starts.
 pub struct FetchReasons<S> {
     notices: Option<S>,
@@ -65,7 +101,7 @@ pub struct FetchReasons<S> {
     /// Armed by the first [`Wake::Backup`] since the last fetch started.
     backup: Option<Pin<Box<Sleep>>>,
     /// A reason came and no fetch has started since.
-    due: bool,
+    due: Option<FetchReason>,
 }
 
 impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
@@ -79,7 +115,7 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
             timer: Box::pin(sleep(interval)),
             backup_delay,
             backup: None,
-            due: true,
+            due: Some(FetchReason::Start),
         }
     }
 
@@ -91,8 +127,11 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
         if let Some(notices) = self.notices.as_mut() {
             loop {
                 match notices.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Wake::Now)) => self.due = true,
-                    Poll::Ready(Some(Wake::Backup)) if self.backup_delay.is_zero() => self.due = true,
+                    // (Fields, not `note`: `notices` borrows `self`.)
+                    Poll::Ready(Some(Wake::Now)) => self.due = self.due.max(Some(FetchReason::Notice)),
+                    Poll::Ready(Some(Wake::Backup)) if self.backup_delay.is_zero() => {
+                        self.due = self.due.max(Some(FetchReason::Notice));
+                    }
                     Poll::Ready(Some(Wake::Backup)) => {
                         if self.backup.is_none() {
                             self.backup = Some(Box::pin(sleep(self.backup_delay)));
@@ -111,7 +150,7 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
         if let Some(backup) = self.backup.as_mut() {
             if backup.as_mut().poll(cx).is_ready() {
                 self.backup = None;
-                self.due = true;
+                self.note(FetchReason::Backup);
             }
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -119,21 +158,26 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
             self.timer.as_mut().reset(next);
             // Registers the waker for the next tick.
             let _ = self.timer.as_mut().poll(cx);
-            self.due = true;
+            self.note(FetchReason::Timer);
         }
-        self.due
+        self.due.is_some()
+    }
+
+    fn note(&mut self, reason: FetchReason) {
+        self.due = self.due.max(Some(reason));
     }
 
     /// A fetch starts now: it answers every reason seen so far, the
     /// notices it backs up included (their jobs committed before it).
-    pub fn fetch_started(&mut self) {
-        self.due = false;
+    /// What made it due.
+    pub fn fetch_started(&mut self) -> Option<FetchReason> {
         self.backup = None;
+        self.due.take()
     }
 
     /// The fetch returned a full batch: more jobs may be waiting.
     pub fn batch_was_full(&mut self) {
-        self.due = true;
+        self.note(FetchReason::FullBatch);
     }
 }
 
@@ -594,5 +638,39 @@ mod tests {
             Some("web.example-1-01ABC")
         );
         assert_eq!(instance_of("not-ours"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_fetch_knows_what_made_it_due() {
+        let (tx, rx) = mpsc::unbounded();
+        let mut s = FetchReasons::new(rx, Duration::from_millis(500), BACKUP);
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let next = |s: &mut FetchReasons<_>| {
+            let due = due(s, &wakes);
+            let reason = s.fetch_started();
+            assert_eq!(due, reason.is_some());
+            reason
+        };
+        assert_eq!(next(&mut s), Some(FetchReason::Start));
+        assert_eq!(next(&mut s), None);
+        tx.unbounded_send(Wake::Backup).unwrap();
+        assert!(!due(&mut s, &wakes), "drained: the backup delay starts");
+        tokio::time::advance(BACKUP).await;
+        assert_eq!(next(&mut s), Some(FetchReason::Backup));
+        tx.unbounded_send(Wake::Backup).unwrap();
+        tx.unbounded_send(Wake::Now).unwrap();
+        assert_eq!(next(&mut s), Some(FetchReason::Notice), "its own notice outranks");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(next(&mut s), Some(FetchReason::Timer));
+        s.batch_was_full();
+        assert_eq!(next(&mut s), Some(FetchReason::FullBatch));
+    }
+
+    #[test]
+    fn every_reason_is_registered_in_the_metric() {
+        assert_eq!(
+            FetchReason::ALL.map(FetchReason::as_str),
+            idemq_core::telemetry::FETCH_REASONS
+        );
     }
 }
