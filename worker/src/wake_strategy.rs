@@ -437,6 +437,24 @@ mod tests {
         }
     }
 
+    /// A loop's reasons, the sender of its notices, and a waker that
+    /// counts its wake-ups.
+    fn reasons(
+        interval: Duration,
+        backup: Duration,
+    ) -> (
+        mpsc::UnboundedSender<Wake>,
+        FetchReasons<mpsc::UnboundedReceiver<Wake>>,
+        Arc<CountingWaker>,
+    ) {
+        let (tx, rx) = mpsc::unbounded();
+        (
+            tx,
+            FetchReasons::new(rx, interval, backup),
+            Arc::new(CountingWaker(AtomicUsize::new(0))),
+        )
+    }
+
     fn due(s: &mut FetchReasons<mpsc::UnboundedReceiver<Wake>>, wakes: &Arc<CountingWaker>) -> bool {
         let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -454,9 +472,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_notices_is_one_fetch_and_the_timer_goes_on() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = FetchReasons::new(rx, Duration::from_millis(500), BACKUP);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (tx, mut s, wakes) = reasons(Duration::from_millis(500), BACKUP);
         assert!(fetch_if_due(&mut s, &wakes), "the first fetch at start");
         assert!(!fetch_if_due(&mut s, &wakes), "nothing since");
         for _ in 0..5 {
@@ -482,9 +498,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_notice_during_a_fetch_makes_one_more_fetch_due() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = FetchReasons::new(rx, Duration::from_secs(60), BACKUP);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (tx, mut s, wakes) = reasons(Duration::from_secs(60), BACKUP);
         assert!(fetch_if_due(&mut s, &wakes));
         // The fetch is in flight; the worker is polled again.
         tx.unbounded_send(Wake::Now).unwrap();
@@ -497,9 +511,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_makes_the_next_fetch_due() {
-        let (_tx, rx) = mpsc::unbounded::<Wake>();
-        let mut s = FetchReasons::new(rx, Duration::from_secs(60), BACKUP);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (_tx, mut s, wakes) = reasons(Duration::from_secs(60), BACKUP);
         assert!(fetch_if_due(&mut s, &wakes));
         s.batch_was_full();
         assert!(fetch_if_due(&mut s, &wakes), "more may be waiting");
@@ -508,9 +520,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn another_process_s_notice_is_fetched_for_only_if_no_fetch_starts_within_the_backup_delay() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = FetchReasons::new(rx, Duration::from_secs(60), BACKUP);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (tx, mut s, wakes) = reasons(Duration::from_secs(60), BACKUP);
         assert!(fetch_if_due(&mut s, &wakes));
 
         // The owner is busy or gone: the backup fetch, once, after the delay.
@@ -549,9 +559,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_backup_delay_every_notice_is_fetched_for_at_once() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = FetchReasons::new(rx, Duration::from_secs(60), Duration::ZERO);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (tx, mut s, wakes) = reasons(Duration::from_secs(60), Duration::ZERO);
         assert!(fetch_if_due(&mut s, &wakes));
         tx.unbounded_send(Wake::Backup).unwrap();
         assert!(fetch_if_due(&mut s, &wakes));
@@ -642,9 +650,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_fetch_knows_what_made_it_due() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = FetchReasons::new(rx, Duration::from_millis(500), BACKUP);
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let (tx, mut s, wakes) = reasons(Duration::from_millis(500), BACKUP);
         let next = |s: &mut FetchReasons<_>| {
             let due = due(s, &wakes);
             let reason = s.fetch_started();
