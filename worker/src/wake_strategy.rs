@@ -127,10 +127,9 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
         if let Some(notices) = self.notices.as_mut() {
             loop {
                 match notices.poll_next_unpin(cx) {
-                    // (Fields, not `note`: `notices` borrows `self`.)
-                    Poll::Ready(Some(Wake::Now)) => self.due = self.due.max(Some(FetchReason::Notice)),
+                    Poll::Ready(Some(Wake::Now)) => note(&mut self.due, FetchReason::Notice),
                     Poll::Ready(Some(Wake::Backup)) if self.backup_delay.is_zero() => {
-                        self.due = self.due.max(Some(FetchReason::Notice));
+                        note(&mut self.due, FetchReason::Notice);
                     }
                     Poll::Ready(Some(Wake::Backup)) => {
                         if self.backup.is_none() {
@@ -150,7 +149,7 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
         if let Some(backup) = self.backup.as_mut() {
             if backup.as_mut().poll(cx).is_ready() {
                 self.backup = None;
-                self.note(FetchReason::Backup);
+                note(&mut self.due, FetchReason::Backup);
             }
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -158,13 +157,9 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
             self.timer.as_mut().reset(next);
             // Registers the waker for the next tick.
             let _ = self.timer.as_mut().poll(cx);
-            self.note(FetchReason::Timer);
+            note(&mut self.due, FetchReason::Timer);
         }
         self.due.is_some()
-    }
-
-    fn note(&mut self, reason: FetchReason) {
-        self.due = self.due.max(Some(reason));
     }
 
     /// A fetch starts now: it answers every reason seen so far, the
@@ -177,8 +172,13 @@ impl<S: Stream<Item = Wake> + Unpin> FetchReasons<S> {
 
     /// The fetch returned a full batch: more jobs may be waiting.
     pub fn batch_was_full(&mut self) {
-        self.note(FetchReason::FullBatch);
+        note(&mut self.due, FetchReason::FullBatch);
     }
+}
+
+/// `reason` is due too; the fetch counts under the higher of the two.
+fn note(due: &mut Option<FetchReason>, reason: FetchReason) {
+    *due = (*due).max(Some(reason));
 }
 
 /// This process's view of the worker processes that take each queue: whose
@@ -293,9 +293,9 @@ pub struct JobNotices {
 }
 
 impl JobNotices {
-    /// Starts the listener task and the task that reads the fleet (every
-    /// `refresh`: processes whose heartbeat is younger than `lease` are
-    /// live); both end when `stop` is cancelled. `me` is this process's
+    /// Starts the task that listens and reads the fleet (every `refresh`:
+    /// processes whose heartbeat is younger than `lease` are live); it ends
+    /// when `stop` is cancelled. `me` is this process's
     /// instance name.
     pub fn spawn(
         pool: PgPool,
@@ -308,19 +308,12 @@ impl JobNotices {
             subscribers: Arc::default(),
             fleet: Arc::new(Mutex::new(Fleet::new(me))),
         };
-        let listener = notices.clone();
-        let listen_pool = pool.clone();
-        let listen_stop = stop.clone();
+        let task = notices.clone();
         tokio::spawn(async move {
+            let both =
+                futures::future::join(task.listen(pool.clone()), task.read_fleet(pool, refresh, lease));
             tokio::select! {
-                () = listener.listen(listen_pool) => {}
-                () = listen_stop.cancelled() => {}
-            }
-        });
-        let reader = notices.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = reader.read_fleet(pool, refresh, lease) => {}
+                _ = both => {}
                 () = stop.cancelled() => {}
             }
         });
