@@ -134,7 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { api, worker } => crate::dev::run(cli.db, cli.shared, api, worker).await,
         Command::Api { api } => {
-            let pool = connect(&cli.db).await?;
+            let pool = connect_sized(&cli.db, cli.db.api_pool(), "idemq-api").await?;
             let shutdown = shutdown_on_signal();
             let listeners = idemq_api::process::bind_api(&api).await?;
             println!("api listening on http://{}", listeners.api_addr()?);
@@ -146,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             idemq_api::process::serve_api(listeners, pool, &api, ttl, metrics, shutdown).await
         }
         Command::Worker { worker, health_addr } => {
-            let pool = connect_sized(&cli.db, cli.db.worker_pool(&worker)).await?;
+            let pool = connect_sized(&cli.db, cli.db.worker_pool(&worker), "idemq-worker").await?;
             let shutdown = shutdown_on_signal();
             if let Some(addr) = health_addr {
                 crate::worker_health::spawn(addr, pool.clone(), shutdown.clone()).await?;
@@ -161,8 +161,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Migrations take session locks and build indexes outside a
             // transaction: never through a transaction-mode pooler.
             let pool = match cli.db.listen_database_url.as_deref().filter(|u| !u.is_empty()) {
-                Some(direct) => connect_url(direct, cli.db.api_pool()).await?,
-                None => connect(&cli.db).await?,
+                Some(direct) => connect_url(direct, cli.db.api_pool(), "idemq-migrate").await?,
+                None => connect_sized(&cli.db, cli.db.api_pool(), "idemq-migrate").await?,
             };
             idemq_core::db::migrate(&pool).await.context("migrating")?;
             println!("migrations applied");
@@ -311,26 +311,33 @@ pub fn cleanup_table(report: &idemq_worker::maintenance::cleanup::CleanupReport)
     out
 }
 
-/// A pool of `db.api_pool()` connections (use `connect_sized` otherwise).
+/// A pool of `db.api_pool()` connections for a command of the CLI (use
+/// `connect_sized` otherwise).
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    connect_sized(db, db.api_pool()).await
+    connect_sized(db, db.api_pool(), "idemq-cli").await
 }
 
-pub async fn connect_sized(db: &DatabaseConfig, max_connections: u32) -> anyhow::Result<PgPool> {
+/// `process`: what the connections are called in `pg_stat_activity`
+/// (`application_name`, unless the URL sets it).
+pub async fn connect_sized(
+    db: &DatabaseConfig,
+    max_connections: u32,
+    process: &str,
+) -> anyhow::Result<PgPool> {
     let url = db
         .database_url
         .as_deref()
         .context("DATABASE_URL is not set (only `idemq dev` can do without it)")?;
     match db.listen_database_url.as_deref().filter(|u| !u.is_empty()) {
-        Some(direct) => idemq_core::db::connect_pooled(url, direct, max_connections)
+        Some(direct) => idemq_core::db::connect_pooled(url, direct, max_connections, process)
             .await
             .with_context(|| format!("connecting to DATABASE_URL ({}) as a pooler", redact(url))),
-        None => connect_url(url, max_connections).await,
+        None => connect_url(url, max_connections, process).await,
     }
 }
 
-pub async fn connect_url(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    idemq_core::db::connect(url, max_connections)
+pub async fn connect_url(url: &str, max_connections: u32, process: &str) -> anyhow::Result<PgPool> {
+    idemq_core::db::connect_named(url, max_connections, process)
         .await
         .with_context(|| format!("connecting to DATABASE_URL ({})", redact(url)))
 }

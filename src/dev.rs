@@ -49,7 +49,7 @@ async fn start_cluster(dir: PathBuf) -> anyhow::Result<PgCluster> {
     .await??;
     // Killed without a chance to clean up, we still leave no server behind.
     cluster.stop_when_process_exits(std::process::id(), false)?;
-    let admin = crate::cli::connect_url(&cluster.url("postgres"), 2).await?;
+    let admin = crate::cli::connect_url(&cluster.url("postgres"), 2, "idemq-dev").await?;
     let exists = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
         DEV_DATABASE,
@@ -77,7 +77,7 @@ async fn run_on(
     let size = db
         .db_max_connections
         .unwrap_or(db.api_pool() + db.worker_pool(&worker));
-    let pool = crate::cli::connect_url(url, size).await?;
+    let pool = crate::cli::connect_url(url, size, "idemq-dev").await?;
     idemq_core::db::migrate(&pool).await.context("migrating")?;
     idemq_core::seed::seed(&pool, 10, 3, 2)
         .await

@@ -32,8 +32,9 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 pub fn spawn(pool: PgPool, waiters: Waiters, tokens: &Arc<TokenCache>) {
     let tokens = Arc::downgrade(tokens);
     tokio::spawn(async move {
+        let session = idemq_core::db::session_connection(&pool, "listener");
         loop {
-            match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
+            match PgListener::connect_with(&session).await {
                 Ok(mut listener) => match listener.listen_all([FINISHED_CHANNEL, REVOKED_CHANNEL]).await {
                     Ok(()) => {
                         let Some(cache) = tokens.upgrade() else { return };

@@ -25,6 +25,15 @@ use crate::Error;
 pub const CLIENT_CONNECTION_CHECK_INTERVAL: &str = "1s";
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    connect_named(url, max_connections, "idemq").await
+}
+
+/// [`connect`], the connections named `process` in `pg_stat_activity`
+/// (`application_name`) unless the URL names them itself: an operator (or
+/// `idemq bench`) tells the API's backends from the workers', and each
+/// pool's from the others' ([`with_role`]).
+pub async fn connect_named(url: &str, max_connections: u32, process: &str) -> Result<PgPool, Error> {
+    let options = named(PgConnectOptions::from_str(url)?, process);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast (503) rather than hang when the database is gone.
@@ -32,9 +41,39 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .test_before_acquire(false)
         .before_acquire(ping_if_idle)
         .after_connect(prepare_connection)
-        .connect(url)
+        .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// `options` named `process`, unless they carry a name already.
+fn named(options: PgConnectOptions, process: &str) -> PgConnectOptions {
+    match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(process),
+    }
+}
+
+/// The name of a pool's connections for one part of a process
+/// (`idemq-worker/queue`), when the name is ours (`idemq…`); a name the URL
+/// gave stays as it is.
+pub fn with_role(options: PgConnectOptions, role: &str) -> PgConnectOptions {
+    let process = match options.get_application_name() {
+        Some(name) if name.starts_with("idemq") => name.split('/').next().unwrap_or(name).to_owned(),
+        _ => return options,
+    };
+    options.application_name(&format!("{process}/{role}"))
+}
+
+/// A pool of one session connection of its own (a LISTEN, a notifier's
+/// connection), named for its `role`: straight to Postgres when `pool` goes
+/// through a pooler ([`session_pool`]). Connects when first used.
+pub fn session_connection(pool: &PgPool, role: &str) -> PgPool {
+    let sessions = session_pool(pool);
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(sessions.options().get_acquire_timeout())
+        .connect_lazy_with(with_role((*sessions.connect_options()).clone(), role))
 }
 
 /// A connection idle for less than this goes out without a ping.
@@ -239,12 +278,12 @@ pub fn connect_async_commit(pool: &PgPool, max_connections: u32) -> PgPool {
                 Box::pin(async move { conn.execute(ASYNC_CHECKOUT_BEGIN).await.map(|_| true) })
             })
             .after_release(|conn, _| Box::pin(async move { conn.execute(CHECKOUT_END).await.map(|_| true) }))
-            .connect_lazy_with(options);
+            .connect_lazy_with(with_role(options, "queue"));
     }
     base.test_before_acquire(false)
         .before_acquire(ping_if_idle)
         .after_connect(prepare_connection)
-        .connect_lazy_with(options.options([("synchronous_commit", "off")]))
+        .connect_lazy_with(with_role(options, "queue").options([("synchronous_commit", "off")]))
 }
 
 /// [`CHECKOUT_BEGIN`] for the asynchronous-commit pool.
@@ -303,8 +342,9 @@ pub async fn connect_pooled(
     pooler_url: &str,
     direct_url: &str,
     max_connections: u32,
+    process: &str,
 ) -> Result<PgPool, Error> {
-    let options = PgConnectOptions::from_str(pooler_url)?.statement_cache_capacity(0);
+    let options = named(PgConnectOptions::from_str(pooler_url)?, process).statement_cache_capacity(0);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -317,7 +357,7 @@ pub async fn connect_pooled(
     let sessions = PgPoolOptions::new()
         .max_connections(SESSION_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(direct_url)?;
+        .connect_lazy_with(named(PgConnectOptions::from_str(direct_url)?, process));
     if let Ok(mut pools) = SESSION_POOLS.lock() {
         pools.push((pool_key(&pool), sessions));
     }

@@ -114,6 +114,7 @@ impl Batch {
 }
 
 async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
+    let session = crate::db::session_connection(&pool, "notifier");
     let mut conn: Option<PgConnection> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::default();
@@ -124,7 +125,7 @@ async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
         let (channels, payloads) = batch.into_notices();
         let sent = tokio::time::timeout(SEND_TIMEOUT, async {
             if conn.is_none() {
-                conn = Some(connect(&pool).await?);
+                conn = Some(connect(&session).await?);
             }
             let Some(c) = conn.as_mut() else {
                 return Err(sqlx::Error::PoolClosed);
@@ -160,12 +161,11 @@ async fn send_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Notice>) {
     }
 }
 
-/// A connection of this task's own (detached from the pool, so its setting
-/// never reaches another user), its commits asynchronous: a notice is
-/// worthless after a server crash anyway.
-async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    // A session of its own: straight to Postgres when the pool is pooled.
-    let mut conn = crate::db::session_pool(pool).acquire().await?.detach();
+/// The task's own connection (`session`: [`crate::db::session_connection`],
+/// straight to Postgres when the pool is pooled), its commits asynchronous:
+/// a notice is worthless after a server crash anyway.
+async fn connect(session: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = session.acquire().await?.detach();
     sqlx::query!("SET synchronous_commit = off")
         .execute(&mut conn)
         .await?;

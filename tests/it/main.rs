@@ -10,6 +10,7 @@ mod auth;
 mod bench_smoke;
 mod cleanup;
 mod client_ts;
+mod connection_names;
 mod console;
 mod dev_process;
 mod errors;

@@ -348,8 +348,9 @@ impl JobNotices {
     }
 
     async fn listen(&self, pool: PgPool) {
+        let session = idemq_core::db::session_connection(&pool, "listener");
         loop {
-            match PgListener::connect_with(&idemq_core::db::session_pool(&pool)).await {
+            match PgListener::connect_with(&session).await {
                 Ok(mut listener) => match listener.listen(JOB_INSERT_CHANNEL).await {
                     Ok(()) => {
                         self.wake(None);
