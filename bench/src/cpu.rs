@@ -2,7 +2,7 @@
 //! generator), the API, the workers, Postgres (the postmaster and all its
 //! children), and everything else on the machine (other builds, say) — from
 //! `/proc`, in percent of one core (the machine has `cores` × 100 %).
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -11,6 +11,7 @@ pub struct CpuProbe {
     api: Option<u32>,
     workers: Vec<u32>,
     postmaster: Option<u32>,
+    pool: PgPool,
 }
 
 pub struct CpuSnapshot {
@@ -21,6 +22,8 @@ pub struct CpuSnapshot {
     postgres: Option<u64>,
     machine_busy: u64,
     machine_iowait: u64,
+    /// Ticks of each live child of the postmaster.
+    backends: HashMap<u32, u64>,
 }
 
 /// Percent of one core over the window.
@@ -37,6 +40,11 @@ pub struct CpuSplit {
     pub machine_busy: f64,
     pub iowait: f64,
     pub cores: usize,
+    /// Postgres's share by who its backends serve (`application_name`, else
+    /// the backend type: `walwriter`, `autovacuum worker`…), largest first;
+    /// `exited` for processes gone before the window's end. Empty when the
+    /// server is not on this machine.
+    pub postgres_by_connection: Vec<(String, f64)>,
 }
 
 impl CpuProbe {
@@ -57,6 +65,7 @@ impl CpuProbe {
             api,
             workers,
             postmaster,
+            pool: pool.clone(),
         }
     }
 
@@ -70,10 +79,53 @@ impl CpuProbe {
             postgres: self.postmaster.map(postgres_ticks),
             machine_busy: busy,
             machine_iowait: iowait,
+            backends: self.postmaster.map(children_ticks).unwrap_or_default(),
         }
     }
 
-    pub fn split(&self, start: &CpuSnapshot, end: &CpuSnapshot) -> CpuSplit {
+    /// Postgres's CPU over the window by `application_name` (the pools of
+    /// `idemq-api`, `idemq-worker`, `idemq-worker/queue`, the listeners and
+    /// notifiers), in percent of one core, largest first.
+    async fn by_connection(
+        &self,
+        start: &CpuSnapshot,
+        end: &CpuSnapshot,
+        percent: impl Fn(u64) -> f64,
+    ) -> Vec<(String, f64)> {
+        let (Some(a), Some(b)) = (start.postgres, end.postgres) else {
+            return Vec::new();
+        };
+        let names: HashMap<u32, String> = sqlx::query_as::<_, (i32, String)>(
+            "SELECT pid, coalesce(nullif(application_name, ''), backend_type, 'other') FROM pg_stat_activity",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(pid, name)| Some((u32::try_from(pid).ok()?, name)))
+        .collect();
+        let mut ticks: HashMap<String, u64> = HashMap::new();
+        let mut counted = 0;
+        for (pid, t) in &end.backends {
+            // A process that started within the window spent all its ticks in it.
+            let spent = t.saturating_sub(start.backends.get(pid).copied().unwrap_or(0));
+            let name = names.get(pid).cloned().unwrap_or_else(|| "other".into());
+            *ticks.entry(name).or_default() += spent;
+            counted += spent;
+        }
+        // The postmaster, and the processes that ended within the window.
+        *ticks.entry("exited or postmaster".into()).or_default() +=
+            b.saturating_sub(a).saturating_sub(counted);
+        let mut shares = ticks
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(name, t)| (name, percent(t)))
+            .collect::<Vec<_>>();
+        shares.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        shares
+    }
+
+    pub async fn split(&self, start: &CpuSnapshot, end: &CpuSnapshot) -> CpuSplit {
         let secs = end.at.duration_since(start.at).as_secs_f64().max(1e-3);
         let hz = clock_ticks_per_second();
         let pct = |a: u64, b: u64| round1(b.saturating_sub(a) as f64 / hz / secs * 100.0);
@@ -96,6 +148,7 @@ impl CpuProbe {
             machine_busy,
             iowait: pct(start.machine_iowait, end.machine_iowait),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            postgres_by_connection: self.by_connection(start, end, |t| pct(0, t)).await,
         }
     }
 }
@@ -117,6 +170,19 @@ impl CpuSplit {
             self.cores * 100,
             self.iowait
         )
+    }
+
+    /// Postgres's share by connection name, for the human report (the
+    /// shares of half a percent or more).
+    pub fn postgres_line(&self) -> Option<String> {
+        (!self.postgres_by_connection.is_empty()).then(|| {
+            self.postgres_by_connection
+                .iter()
+                .filter(|(_, p)| *p >= 0.5)
+                .map(|(name, p)| format!("{name} {p:.0}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
     }
 
     /// A first reading of what bounds the window.
@@ -183,11 +249,10 @@ fn proc_ticks(pid: u32, with_reaped_children: bool) -> u64 {
     }
 }
 
-/// The postmaster, its reaped children, and every live child (backends,
-/// WAL writer, checkpointer, autovacuum…).
-fn postgres_ticks(postmaster: u32) -> u64 {
-    let mut total = proc_ticks(postmaster, true);
+/// Each live child of the postmaster and its ticks.
+fn children_ticks(postmaster: u32) -> HashMap<u32, u64> {
     let pm = postmaster.to_string();
+    let mut children = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -196,12 +261,18 @@ fn postgres_ticks(postmaster: u32) -> u64 {
             if let Some((_, f)) = stat_fields(pid) {
                 if f.get(1) == Some(&pm) {
                     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                    total += get(11) + get(12);
+                    children.insert(pid, get(11) + get(12));
                 }
             }
         }
     }
-    total
+    children
+}
+
+/// The postmaster, its reaped children, and every live child (backends,
+/// WAL writer, checkpointer, autovacuum…).
+fn postgres_ticks(postmaster: u32) -> u64 {
+    proc_ticks(postmaster, true) + children_ticks(postmaster).values().sum::<u64>()
 }
 
 /// (busy, iowait) ticks of the whole machine from `/proc/stat`.

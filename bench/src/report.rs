@@ -201,6 +201,9 @@ impl Report {
                 &format!("CPU % of a core ({:.1} s)", cpu.seconds),
                 &cpu.line(),
             );
+            if let Some(by) = cpu.postgres_line() {
+                row(&mut out, "postgres % by connection", &by);
+            }
             row(&mut out, "bottleneck hint", &cpu.hint());
         }
         for t in &self.targets {

@@ -99,6 +99,19 @@ async fn payments_and_enqueue() {
     );
     positive(s, "operations_per_s");
     positive(s, "requests_per_s");
+    // Postgres's CPU by the connections' names: the API's records and the
+    // workers' job transactions had backends of their own.
+    let by_connection = s["cpu_percent_of_core"]["postgres_by_connection"]
+        .as_array()
+        .expect("postgres_by_connection");
+    for name in ["idemq-api", "idemq-worker"] {
+        assert!(
+            by_connection
+                .iter()
+                .any(|e| e[0] == name && e[1].as_f64().unwrap() > 0.0),
+            "no Postgres CPU for {name}: {s:#}"
+        );
+    }
     assert!(
         s["results"]["request_latency_ms"]["p99"].as_f64().unwrap() > 0.0,
         "{s:#}"

@@ -258,7 +258,7 @@ async fn run_on(
     let final_at = wait_all_final(&db, &mut fleet, Duration::from_secs(300)).await?;
     fleet.check_alive()?;
     let after = probe.snapshot();
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     report.set_rss(fleet.rss());
     fleet.shutdown().await;
 

@@ -107,7 +107,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &CleanupArgs, report: &mut R
     stop.store(true, Ordering::Relaxed);
     let load = load.await?;
     fleet.check_alive()?;
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     report.set_rss(fleet.rss());
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

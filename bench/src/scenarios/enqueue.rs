@@ -79,7 +79,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &EnqueueArgs, report: &mut R
     profile_take(server, db, report).await;
     let db_after = DbSnapshot::take_settled(&db.pool).await;
     fleet.check_alive()?;
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     report.set_rss(fleet.rss());
 
     progress(format!(

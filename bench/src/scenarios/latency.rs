@@ -109,7 +109,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LatencyArgs, report: &mut R
     let after = probe.snapshot();
     profile_take(server, db, report).await;
     let db_after = DbSnapshot::take_settled(&db.pool).await;
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     report.set_rss(fleet.rss());
     wait_all_final(&db.pool, &mut fleet, Duration::from_secs(60)).await?;
 

@@ -133,7 +133,7 @@ pub async fn run(server: &Server, db: &RunDb, args: &LimitedArgs, report: &mut R
     }
     let after = probe.snapshot();
     profile_take(server, db, report).await;
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     fleet.check_alive()?;
     let mut rss = fleet.rss();
     for other in &mut others {

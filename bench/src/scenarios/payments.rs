@@ -109,7 +109,7 @@ pub async fn run(
     let after = probe.snapshot();
     profile_take(server, db, report).await;
     let db_after = DbSnapshot::take_settled(&db.pool).await;
-    report.cpu = Some(probe.split(&before, &after));
+    report.cpu = Some(probe.split(&before, &after).await);
     report.set_rss(fleet.rss());
 
     let total = done.duration_since(t0).as_secs_f64();

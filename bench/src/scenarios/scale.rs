@@ -166,7 +166,7 @@ async fn run_shape(
     let done = wait_all_final(&db.pool, &mut fleet, Duration::from_secs(300)).await?;
     let after = probe.snapshot();
     let db_after = counters(&db.pool, crate::dbstats::settle()).await?;
-    let split = probe.split(&before, &after);
+    let split = probe.split(&before, &after).await;
 
     let n = args.invoices as f64;
     let secs = done.duration_since(t0).as_secs_f64();
