@@ -799,6 +799,56 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
     assert_eq!(app.await_final(&late).await["status"], "succeeded");
 }
 
+/// Live registrations (heartbeat younger than the 60 s lease set below) of
+/// the worker process with this pid (its instance name holds the pid).
+async fn live_registrations(app: &TestApp, pid: u32) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.workers
+         WHERE id LIKE '%-' || $1 || '-%' AND last_seen > now() - interval '60 seconds'",
+    )
+    .bind(pid.to_string())
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+/// A worker that stops cleanly leaves the fleet at once: its registrations
+/// are no longer live, so the other processes' next view of the fleet
+/// gives it no notices to own. A killed one stays live until its lease
+/// runs out (apalis's rule, which the orphan sweep keeps).
+#[tokio::test]
+async fn a_clean_stop_leaves_the_fleet_at_once_and_a_kill_does_not() {
+    let app = spawn_app().await;
+    let lease = [("IDEMQ_WORKER_LEASE", "60s")];
+    let mut clean = spawn_worker(&app.db.url, &lease);
+    let mut killed = spawn_worker(&app.db.url, &lease);
+    let queues = idemq_core::queue::ALL.len() as i64;
+    for worker in [&clean, &killed] {
+        let pid = worker.pid();
+        eventually("every queue of the worker registered", || async {
+            live_registrations(&app, pid).await == queues
+        })
+        .await;
+    }
+
+    clean.sigterm();
+    let status = clean.wait_exit(DEADLINE).await;
+    assert_eq!(status.code(), Some(0), "{}", clean.output());
+    assert_eq!(live_registrations(&app, clean.pid()).await, 0);
+    // Still registered (the board shows it), only no longer live.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM apalis.workers WHERE id LIKE '%-{}-%'",
+            clean.pid()
+        ))
+        .await,
+        queues
+    );
+
+    killed.kill9();
+    assert_eq!(live_registrations(&app, killed.pid()).await, queues);
+}
+
 #[tokio::test]
 async fn sigterm_past_the_grace_exits_non_zero_and_the_job_is_rescued() {
     let app = spawn_app().await;

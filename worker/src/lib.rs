@@ -158,6 +158,11 @@ pub async fn run(pool: PgPool, settings: WorkerSettings, shutdown: CancellationT
     match failure {
         Some(f) => Err(anyhow::anyhow!(f)),
         None => {
+            // Every loop has ended: no heartbeat will refresh the
+            // registrations. Failing here costs only the backup delay.
+            if let Err(e) = wake_strategy::leave_fleet(&pool, &instance, lease).await {
+                tracing::warn!(error = %e, "registrations left live until the lease runs out");
+            }
             tracing::info!("worker stopped");
             Ok(())
         }

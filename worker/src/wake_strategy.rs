@@ -247,6 +247,31 @@ impl Fleet {
     }
 }
 
+/// At a clean stop (every queue loop ended, so no heartbeat follows): this
+/// process's registrations are dated one `lease` back, so that the other
+/// processes' next view of the fleet ([`Fleet`], once per heartbeat
+/// interval) leaves it out, instead of handing it a share of the notices
+/// (answered only by their backup fetch) until its lease runs out. The
+/// same age lets apalis's orphan sweep take at once whatever job it still
+/// held, as it would after the lease. Returns how many were dated back.
+pub async fn leave_fleet(pool: &PgPool, instance: &str, lease: Duration) -> Result<u64, sqlx::Error> {
+    let ids = sqlx::query_scalar!("SELECT id FROM apalis.workers WHERE id LIKE '%@%'")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .filter(|id| instance_of(id) == Some(instance))
+        .collect::<Vec<_>>();
+    let left = sqlx::query!(
+        "UPDATE apalis.workers SET last_seen = least(last_seen, now() - make_interval(secs => $2))
+         WHERE id = ANY($1)",
+        &ids,
+        lease.as_secs_f64(),
+    )
+    .execute(pool)
+    .await?;
+    Ok(left.rows_affected())
+}
+
 /// The process of an apalis worker id `queue@instance`, or
 /// `queue@instance.n` for a queue loop restarted after a database outage
 /// (`supervise::queue_loop`).
