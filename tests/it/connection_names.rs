@@ -21,6 +21,18 @@ async fn names(db: &TestDb) -> BTreeSet<String> {
     .collect()
 }
 
+/// Backends of `db` whose last statement starts with `prefix`.
+async fn backends_running(db: &TestDb, prefix: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND starts_with(query, $1)",
+    )
+    .bind(prefix)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// Waits until the names include every one of `expected`; the last set.
 async fn await_names(db: &TestDb, expected: &[&str]) -> BTreeSet<String> {
     let started = Instant::now();
@@ -94,24 +106,7 @@ async fn a_name_in_the_url_is_kept_for_every_connection() {
 
     // Its pool, the fetches' pool and its LISTEN all connect at start.
     let started = Instant::now();
-    loop {
-        let listening: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        let fetched: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'WITH jobs AS%'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if listening > 0 && fetched > 0 {
-            break;
-        }
+    while backends_running(&db, "LISTEN").await == 0 || backends_running(&db, "WITH jobs AS").await == 0 {
         assert!(
             started.elapsed() < DEADLINE,
             "the worker never listened and fetched"
