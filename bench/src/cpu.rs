@@ -22,7 +22,9 @@ pub struct CpuSnapshot {
     postgres: Option<u64>,
     machine_busy: u64,
     machine_iowait: u64,
-    /// Ticks of each live child of the postmaster.
+    /// Ticks of each live child of the postmaster (backends, WAL writer,
+    /// checkpointer, autovacuum…); `postgres` adds the postmaster and its
+    /// reaped children.
     backends: HashMap<u32, u64>,
 }
 
@@ -42,7 +44,8 @@ pub struct CpuSplit {
     pub cores: usize,
     /// Postgres's share by who its backends serve (`application_name`, else
     /// the backend type: `walwriter`, `autovacuum worker`…), largest first;
-    /// `exited` for processes gone before the window's end. Empty when the
+    /// `exited or postmaster` for the postmaster and the processes gone
+    /// before the window's end. Empty when the
     /// server is not on this machine.
     pub postgres_by_connection: Vec<(String, f64)>,
 }
@@ -71,15 +74,19 @@ impl CpuProbe {
 
     pub fn snapshot(&self) -> CpuSnapshot {
         let (busy, iowait) = machine_ticks();
+        // One pass over /proc for Postgres: its total and each backend's share.
+        let backends = self.postmaster.map(children_ticks).unwrap_or_default();
         CpuSnapshot {
             at: Instant::now(),
             bench: proc_ticks(std::process::id(), false),
             api: self.api.map(|p| proc_ticks(p, false)).unwrap_or(0),
             workers: self.workers.iter().map(|p| proc_ticks(*p, false)).sum(),
-            postgres: self.postmaster.map(postgres_ticks),
+            postgres: self
+                .postmaster
+                .map(|pm| proc_ticks(pm, true) + backends.values().sum::<u64>()),
             machine_busy: busy,
             machine_iowait: iowait,
-            backends: self.postmaster.map(children_ticks).unwrap_or_default(),
+            backends,
         }
     }
 
@@ -267,12 +274,6 @@ fn children_ticks(postmaster: u32) -> HashMap<u32, u64> {
         }
     }
     children
-}
-
-/// The postmaster, its reaped children, and every live child (backends,
-/// WAL writer, checkpointer, autovacuum…).
-fn postgres_ticks(postmaster: u32) -> u64 {
-    proc_ticks(postmaster, true) + children_ticks(postmaster).values().sum::<u64>()
 }
 
 /// (busy, iowait) ticks of the whole machine from `/proc/stat`.

@@ -57,7 +57,7 @@ fn named(options: PgConnectOptions, process: &str) -> PgConnectOptions {
 /// The name of a pool's connections for one part of a process
 /// (`idemq-worker/queue`), when the name is ours (`idemq…`); a name the URL
 /// gave stays as it is.
-pub fn with_role(options: PgConnectOptions, role: &str) -> PgConnectOptions {
+fn with_role(options: PgConnectOptions, role: &str) -> PgConnectOptions {
     let process = match options.get_application_name() {
         Some(name) if name.starts_with("idemq") => name.split('/').next().unwrap_or(name).to_owned(),
         _ => return options,
@@ -323,7 +323,7 @@ fn pool_key(pool: &PgPool) -> usize {
 
 /// The pool to open session connections from (LISTEN, a notifier's own
 /// connection): the direct one registered by [`connect_pooled`], else `pool`.
-pub fn session_pool(pool: &PgPool) -> PgPool {
+fn session_pool(pool: &PgPool) -> PgPool {
     let key = pool_key(pool);
     SESSION_POOLS
         .lock()
