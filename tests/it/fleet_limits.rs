@@ -201,11 +201,19 @@ async fn with_postgres_unreachable_each_process_falls_back_to_its_own_budget() {
     };
     allow(false).execute(&admin).await.unwrap();
     f.db.pool.close().await;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+    // Until none is left: a connection whose start-up began before the
+    // ALTER can finish after a first pass, and would keep a process leasing.
+    eventually("every connection to the database terminated", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+        )
         .bind(&f.db.name)
-        .execute(&admin)
+        .fetch_one(&admin)
         .await
         .unwrap();
+        left == 0
+    })
+    .await;
 
     // Documented behaviour: each process limits on its own, so two
     // processes admit a budget each (the requests then fail on the database,
