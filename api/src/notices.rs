@@ -41,6 +41,7 @@ pub fn spawn(pool: PgPool, waiters: Waiters, tokens: &Arc<TokenCache>) {
                         cache.forget(None);
                         drop(cache);
                         waiters.wake_all();
+                        tracing::info!("notice listener connected: cached tokens forgotten, waiters woken");
                         loop {
                             let received = listener.try_recv().await;
                             let Some(cache) = tokens.upgrade() else { return };

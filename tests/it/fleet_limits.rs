@@ -34,7 +34,14 @@ async fn fleet(env: &[(&str, &str)]) -> Fleet {
         .execute(&db.pool)
         .await
         .unwrap();
-    let apis = (0..3).map(|_| spawn_api(&db.url, env)).collect();
+    let apis: Vec<ApiProcess> = (0..3).map(|_| spawn_api(&db.url, env)).collect();
+    // A listener that connects forgets the cached tokens (revocations sent
+    // before it listened are unheard): a token cached before that is gone.
+    eventually("every process listens for notices", || async {
+        apis.iter()
+            .all(|api| api.log().contains(NOTICE_LISTENER_CONNECTED))
+    })
+    .await;
     Fleet {
         db,
         token,
@@ -187,7 +194,8 @@ async fn a_client_well_within_its_read_budget_is_never_refused_across_three_proc
 #[tokio::test]
 async fn with_postgres_unreachable_each_process_falls_back_to_its_own_budget() {
     let f = fleet(&[("IDEMQ_RATE_LIMIT_SENSITIVE", "10/min")]).await;
-    // The token is cached on every process (reads are another budget).
+    // The token is cached on every process (reads are another budget), and
+    // stays cached while the listener cannot reconnect.
     for api in 0..3 {
         assert_eq!(f.read(api).await.status(), StatusCode::OK);
     }
@@ -201,8 +209,8 @@ async fn with_postgres_unreachable_each_process_falls_back_to_its_own_budget() {
     };
     allow(false).execute(&admin).await.unwrap();
     f.db.pool.close().await;
-    // Until none is left: a connection whose start-up began before the
-    // ALTER can finish after a first pass, and would keep a process leasing.
+    // Until none is left: a backend slow to act on its SIGTERM would still
+    // serve a process.
     eventually("every connection to the database terminated", || async {
         let left: i64 = sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",

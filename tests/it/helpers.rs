@@ -18,6 +18,9 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio_util::sync::CancellationToken;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// What an API process logs once its notice listener is connected (and its
+/// token cache emptied).
+pub const NOTICE_LISTENER_CONNECTED: &str = "notice listener connected";
 
 struct Server {
     /// URL of a database we may connect to for administration.
