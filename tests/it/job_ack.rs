@@ -230,8 +230,13 @@ async fn a_job_handed_back_at_shutdown_is_acknowledged_failed_by_the_queue() {
     // Between attempts (or in one: it fails, and the wait for the next
     // ends at once): handed back.
     app.stop_workers().await;
-    let (status, done_at, last_result, _, _) = job_row(&app, &job).await;
-    assert_eq!(status, "Failed");
+    let row = job_row(&app, &job).await;
+    let (status, done_at, last_result, _, _) = row.clone();
+    // The whole row on failure: `last_result` tells which path put it back.
+    assert_eq!(
+        status, "Failed",
+        "(status, done, last_result, attempts, lock_by): {row:?}"
+    );
     assert!(done_at);
     assert_eq!(
         last_result,

@@ -118,6 +118,14 @@ async fn unauthenticated_requests_are_limited_per_ip() {
 #[tokio::test]
 async fn a_429_needs_no_database() {
     let app = limited_app().await;
+    // The listener's first connection empties the token cache: wait for it,
+    // so the token cached below is still cached when the database goes.
+    eventually("the app's notice listener is listening", || async {
+        app.count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            .await
+            > 0
+    })
+    .await;
     app.insert_invoice("123").await;
     for i in 0..10 {
         assert_eq!(
