@@ -24,7 +24,9 @@
 //! The fetch is one statement on its own (no `BEGIN`/`COMMIT` around it:
 //! it is atomic by itself), on the queue pool (asynchronous commit). At most
 //! one fetch is in flight per queue loop; the jobs it returns are handed out
-//! one per free slot. At shutdown, jobs fetched but not handed out are put
+//! one per free slot. Once the process is stopping it hands out no job and
+//! starts no fetch, even before apalis has seen the stop. At shutdown, jobs
+//! fetched but not handed out are put
 //! back (`reenqueue_abandoned`), also those of a fetch still in flight, and
 //! the attempts their fetch counted are given back.
 use std::{
@@ -45,6 +47,7 @@ use apalis_postgres::{PgTask, PostgresStorage};
 use futures::{future::BoxFuture, FutureExt, Stream};
 use idemq_core::{queue::JobPayload, telemetry::QUEUE_FETCHES};
 use sqlx::{postgres::types::PgHstore, PgConnection};
+use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::{
@@ -73,10 +76,16 @@ pub struct FetchGate<B, S> {
     process: String,
     /// What made the fetch in flight due (`idemq_queue_fetches_total`).
     fetch_reason: FetchReason,
+    /// The process is stopping: no job is handed out and no fetch starts.
+    /// apalis can learn of the stop a poll later than the jobs in flight,
+    /// which hand themselves back at once; a fetch started in between took
+    /// such a job again (acknowledged `Failed`, so fetchable) only to put it
+    /// back at close.
+    stopping: CancellationToken,
 }
 
 impl<B, S: Stream<Item = Wake> + Unpin> FetchGate<B, S> {
-    pub fn new(backend: B, reasons: FetchReasons<S>, process: String) -> Self {
+    pub fn new(backend: B, reasons: FetchReasons<S>, process: String, stopping: CancellationToken) -> Self {
         FetchGate {
             backend,
             reasons,
@@ -88,6 +97,7 @@ impl<B, S: Stream<Item = Wake> + Unpin> FetchGate<B, S> {
             dead: false,
             process,
             fetch_reason: FetchReason::Start,
+            stopping,
         }
     }
 }
@@ -195,6 +205,12 @@ impl<Args, S: Stream<Item = Wake> + Unpin> Backend for FetchGate<PostgresStorage
     ) -> Poll<Option<Result<PgTask, Self::Error>>> {
         if self.dead {
             return Poll::Ready(None);
+        }
+        if self.stopping.is_cancelled() {
+            // No job handed out, no fetch started: apalis's stop wakes the
+            // worker, which closes the gate (a fetch in flight and the jobs
+            // waiting go back then).
+            return Poll::Pending;
         }
         loop {
             if let Some(task) = self.buffer.pop_front() {

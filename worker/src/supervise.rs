@@ -94,6 +94,7 @@ pub async fn queue_loop(
                 cfg.queue_backup_fetch_delay,
             ),
             runner.attempt_name().to_owned(),
+            shutdown.clone(),
         );
         let worker = WorkerBuilder::new(name.clone())
             .backend(backend)
