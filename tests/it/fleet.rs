@@ -738,12 +738,16 @@ async fn sigterm_finishes_the_jobs_in_flight_takes_no_new_ones_and_exits_0() {
         "IF NEW.id <> 'inv-4' THEN PERFORM pg_sleep(2); END IF;",
     )
     .await;
-    let mut worker = spawn_worker(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "20s")]);
-    worker.wait_output("worker ready", DEADLINE).await;
+    // Queued before the worker starts, so that its first fetch takes all
+    // three and hands them out at once: a job fetched but not yet handed
+    // out when the signal comes goes back to the queue instead (the
+    // contract, but not what this test is about).
     let mut ops = Vec::new();
     for i in 1..=3 {
         ops.push(submit(&app, &format!("inv-{i}"), &format!("k-{i}")).await);
     }
+    let mut worker = spawn_worker(&app.db.url, &[("IDEMQ_SHUTDOWN_GRACE", "20s")]);
+    worker.wait_output("worker ready", DEADLINE).await;
     // All three handed to the worker, one at least in its transaction
     // (jobs that arrive together share a group transaction, and run one
     // after the other in it: docs/job-path.md, "Group commit").
