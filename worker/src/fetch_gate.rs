@@ -26,9 +26,9 @@
 //! one fetch is in flight per queue loop; the jobs it returns are handed out
 //! one per free slot. Once the process is stopping it hands out no job and
 //! starts no fetch, even before apalis has seen the stop. At shutdown, jobs
-//! fetched but not handed out are put
-//! back (`reenqueue_abandoned`), also those of a fetch still in flight, and
-//! the attempts their fetch counted are given back.
+//! fetched but not handed out are put back (`reenqueue_abandoned`), also
+//! those of a fetch still in flight, and the attempts their fetch counted
+//! are given back.
 use std::{
     collections::{HashMap, VecDeque},
     str::FromStr,
