@@ -584,7 +584,11 @@ pub(crate) async fn finish(
     // ride with the response (step 4): one statement, the same transaction.
     // Without a job (`$13` null) the job's update matches no row. Its
     // `last_result` is what apalis stores for a handler's `Ok(())` (its JSON
-    // codec's `null` in serde's `Result`).
+    // codec's `null` in serde's `Result`). The holder is compared with `IS NOT
+    // DISTINCT FROM`, which no index serves, so the job is found by its
+    // primary key: with `lock_by = $14` the planner chose the in-flight index
+    // (`lock_by`, for `Queued`/`Running`) and read every job the worker holds
+    // to find one, up to a fetched batch per finish.
     let row = sqlx::query!(
         r#"WITH audit AS (
             INSERT INTO audit_log (operation_id, principal_id, action, entity_type, entity_id, details)
@@ -595,7 +599,8 @@ pub(crate) async fn finish(
          ), job AS (
             UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = $15,
                    last_result = '{"Ok": null}'::jsonb
-            WHERE id = $13::text AND lock_by = $14::text AND status IN ('Queued', 'Running')
+            WHERE id = $13::text AND lock_by IS NOT DISTINCT FROM $14::text
+                  AND status IN ('Queued', 'Running')
             RETURNING 1
          )
          UPDATE operations SET status = $2, response_status = $3, response_content_type = $4,
