@@ -19,6 +19,14 @@ pub const MAX_ID_LEN: usize = 200;
 /// `application/*+json`), else 415: the document promises only JSON.
 pub struct LimitedBody(pub Bytes);
 
+/// Whether `body` is empty or only JSON's whitespace (RFC 8259, section 2:
+/// space, tab, line feed, carriage return): such a body is `{}`. Not
+/// `u8::is_ascii_whitespace`, which also counts a form feed: a body of one
+/// form feed was taken for no body, where it is invalid JSON.
+pub fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
 fn is_json(content_type: &HeaderValue) -> bool {
     let Ok(value) = content_type.to_str() else {
         return false;
@@ -45,7 +53,7 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
                 ApiError::InvalidBody(r.body_text())
             }
         })?;
-        if !json && !body.iter().all(u8::is_ascii_whitespace) {
+        if !json && !is_blank(&body) {
             return Err(ApiError::UnsupportedMediaType);
         }
         Ok(LimitedBody(body))

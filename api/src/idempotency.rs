@@ -66,10 +66,11 @@ fn wait_seconds(value: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_WAIT))
 }
 
-/// Parses the (already size-limited) body as `T`; an absent body is `{}`.
+/// Parses the (already size-limited) body as `T`; an absent or blank body
+/// ([`crate::extract::is_blank`]) is `{}`.
 /// Returns the validated value and its JSON for the fingerprint and the job.
 pub fn parse_body<T: DeserializeOwned + serde::Serialize>(body: &Bytes) -> Result<(T, Value), ApiError> {
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let value: Value = if crate::extract::is_blank(body) {
         Value::Object(Map::new())
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(format!("not valid JSON: {e}")))?

@@ -91,6 +91,51 @@ async fn an_empty_body_approves_too() {
     assert_eq!(again.replayed.as_deref(), Some("true"));
 }
 
+/// Blank is JSON's whitespace only (space, tab, line feed, carriage
+/// return): such a body is `{}`. A form feed is not JSON whitespace (found
+/// by schemathesis: `\x0c` was approved as if there were no body).
+#[tokio::test]
+async fn a_blank_body_is_json_whitespace_only() {
+    let mut app = spawn_app().await;
+    app.insert_application("app-1").await;
+
+    for (what, content_type, status, slug) in [
+        (
+            "declared JSON",
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+        ),
+        (
+            "undeclared",
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+    ] {
+        let mut request = app.patch("/applications/app-1/approve").key("key-ff");
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        let r = request.body("\x0c").response().await;
+        expect_problem(r, status, slug).await;
+        assert_eq!(app.count("SELECT count(*) FROM operations").await, 0, "{what}");
+    }
+
+    app.start_worker().await;
+    let r = app
+        .patch("/applications/app-1/approve")
+        .key("key-1")
+        .header("Prefer", "wait=10")
+        .body(" \t\r\n")
+        .response()
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The same request as `{}`.
+    let again = decide(&app, "app-1", "approve", "key-1", json!({})).await;
+    assert_eq!(again.replayed.as_deref(), Some("true"));
+}
+
 #[tokio::test]
 async fn rejection_with_a_reason_rejects_and_creates_no_contract() {
     let mut app = spawn_app().await;
